@@ -1,0 +1,148 @@
+"""Architecture description shared by every model family.
+
+One flat dataclass covers GPT, BERT and ViT so that the experiment schema can
+embed it as its `model` section unchanged; fields a family does not use are
+ignored by it. Validation raises ValueError naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Family = Literal["gpt", "bert", "vit"]
+Position = Literal["learned", "sinusoidal", "rotary", "alibi", "none"]
+PairHead = Literal["none", "nsp", "sop"]
+Pooling = Literal["cls", "mean"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "family": get_args(Family),
+    "position": get_args(Position),
+    "pair_head": get_args(PairHead),
+    "pooling": get_args(Pooling),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape and options of one transformer.
+
+    Args:
+        name: registry name this config came from (or "custom").
+        family: which model class to build: gpt, bert or vit.
+        n_layer: number of transformer blocks.
+        n_head: attention heads per block; must divide d_model.
+        d_model: residual stream width.
+        max_seq_len: longest sequence (tokens) the model accepts; for ViT it is
+            derived from image and patch size.
+        vocab_size: token vocabulary size (GPT, BERT).
+        position: learned | sinusoidal | rotary | alibi | none.
+        dropout: dropout probability on embeddings, attention and MLP outputs.
+        bias: whether linear layers and LayerNorms carry biases.
+        mlp_ratio: hidden width of the MLP as a multiple of d_model.
+        layer_norm_eps: LayerNorm epsilon.
+        init_std: standard deviation of the GPT-2 style normal initialisation.
+        type_vocab_size: BERT segment (token type) vocabulary.
+        pair_head: BERT sentence-pair head: none, nsp (next sentence) or sop
+            (sentence order).
+        num_labels: BERT sequence-classification labels; 0 means no such head.
+        image_size: ViT input height and width in pixels.
+        patch_size: ViT patch height and width; must divide image_size.
+        in_channels: ViT image channels.
+        num_classes: ViT classification classes.
+        pooling: ViT pooling: cls token or mean of patch tokens.
+        activation_checkpointing: recompute block activations in backward.
+    """
+
+    # Pydantic reads this when the experiment schema validates the section:
+    # unknown keys are errors, not silently dropped.
+    __pydantic_config__ = {"extra": "forbid"}
+
+    name: str = "custom"
+    family: Family = "gpt"
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    max_seq_len: int = 128
+    vocab_size: int = 4096
+    position: Position = "learned"
+    dropout: float = 0.0
+    bias: bool = True
+    mlp_ratio: int = 4
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    type_vocab_size: int = 2
+    pair_head: PairHead = "none"
+    num_labels: int = 0
+    image_size: int = 32
+    patch_size: int = 4
+    in_channels: int = 3
+    num_classes: int = 10
+    pooling: Pooling = "cls"
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible field."""
+        for field in ("n_layer", "n_head", "d_model", "max_seq_len", "vocab_size", "mlp_ratio"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"model.{field} must be >= 1, got {getattr(self, field)}")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if self.position == "rotary" and self.head_dim % 2:
+            raise ValueError(f"model.position=rotary needs an even head size, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        # Literal annotations are not enforced at runtime; a typo would otherwise
+        # silently fall through to some default branch in the model code.
+        for field, allowed in _CHOICES.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(
+                    f"model.{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}"
+                )
+        for field in ("type_vocab_size", "image_size", "patch_size", "in_channels"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"model.{field} must be >= 1, got {getattr(self, field)}")
+        if self.num_labels < 0:
+            raise ValueError(f"model.num_labels must be >= 0, got {self.num_labels}")
+        if self.family == "vit":
+            if self.image_size % self.patch_size:
+                raise ValueError(
+                    f"model.patch_size ({self.patch_size}) must divide "
+                    f"model.image_size ({self.image_size})"
+                )
+            if self.num_classes < 1:
+                raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def image_seq_len(self) -> int:
+        """ViT sequence length: the patches plus the CLS token when pooling=cls.
+
+        ViT uses this instead of max_seq_len, so overriding image or patch size
+        never leaves a stale max_seq_len behind.
+        """
+        return self.num_patches + (1 if self.pooling == "cls" else 0)
+
+    def replace(self, **overrides: object) -> ModelConfig:
+        """Copy with fields replaced; unknown field names raise ValueError."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown model field(s): {', '.join('model.' + k for k in unknown)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

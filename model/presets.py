@@ -1,0 +1,48 @@
+"""Named model shapes: the registry's entries.
+
+The `-tiny` shapes train in minutes on two CPU cores; the others reproduce the
+published shapes (GPT-2 small, BERT-base, ViT-B/16).
+"""
+
+from __future__ import annotations
+
+from model.config import ModelConfig
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "gpt-tiny": ModelConfig(
+        name="gpt-tiny", family="gpt", n_layer=4, n_head=4, d_model=128,
+        max_seq_len=128, vocab_size=4096, position="learned",
+    ),
+    "gpt2-small": ModelConfig(
+        name="gpt2-small", family="gpt", n_layer=12, n_head=12, d_model=768,
+        max_seq_len=1024, vocab_size=50257, position="learned", dropout=0.1,
+    ),
+    "bert-tiny": ModelConfig(
+        name="bert-tiny", family="bert", n_layer=2, n_head=2, d_model=128,
+        max_seq_len=128, vocab_size=4096, position="learned", layer_norm_eps=1e-12,
+    ),
+    "bert-base": ModelConfig(
+        name="bert-base", family="bert", n_layer=12, n_head=12, d_model=768,
+        max_seq_len=512, vocab_size=30522, position="learned", dropout=0.1,
+        layer_norm_eps=1e-12,
+    ),
+    "vit-tiny": ModelConfig(
+        name="vit-tiny", family="vit", n_layer=4, n_head=4, d_model=128,
+        image_size=32, patch_size=4, num_classes=10, max_seq_len=65,
+        layer_norm_eps=1e-6,
+    ),
+    "vit-b16": ModelConfig(
+        name="vit-b16", family="vit", n_layer=12, n_head=12, d_model=768,
+        image_size=224, patch_size=16, num_classes=1000, max_seq_len=197,
+        layer_norm_eps=1e-6,
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The registered config called `name`; ValueError lists the known names."""
+    try:
+        return MODEL_PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_PRESETS))
+        raise ValueError(f"model.name: unknown model {name!r} (known: {known})") from None
