@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from model.config import ModelConfig
 from model.presets import MODEL_PRESETS
 
-
 DEFAULT_MODEL = "gpt-tiny"
 
 

@@ -1,0 +1,318 @@
+"""The worker loop: build the engine, train, evaluate, log, checkpoint, resume.
+
+`fit()` runs identically in one plain process, under torchrun, or as a Ray
+Train worker: every rank calls it with the same config. Callbacks let the
+caller (the Ray orchestrator) see each checkpoint without this module
+knowing about Ray.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import build_model
+from train import checkpoint as ckpt_io
+from train.config.schema import ExperimentConfig
+from train.data import build_loaders
+from train.deepspeed_config import deepspeed_config
+from train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from train.elastic import convert_to_universal, load_universal_into, needs_elastic_load
+from train.engine_safety import use_safe_checkpoint_loading
+from train.evaluate import evaluate
+from train.metrics_log import MetricsLog
+from train.optim import WarmupDecaySchedule, build_optimizer
+from train.peak_flops import peak_flops
+from train.rng import capture_rng, restore_rng, seed_all
+from train.run_dir import prepare_run_dir
+from train.task import TrainingModule, batch_units, to_device
+from train.wandb_run import start_wandb
+
+
+@dataclass
+class FitResult:
+    """What a finished (or stopped) fit reports back."""
+
+    run_dir: Path
+    step: int
+    final_loss: float | None
+    tokens_per_s: float
+    last_checkpoint: Path | None
+    stopped_early: bool = False
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+CheckpointCallback = Callable[[Path, dict[str, Any]], None]
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT (or by a caller); checked at step boundaries."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach only the main thread; callers set the flag instead
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def fit(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    resume: bool = True,
+    on_checkpoint: CheckpointCallback | None = None,
+    stop: StopFlag | None = None,
+) -> FitResult:
+    """Train `config` in `run_dir`, continuing from its newest complete checkpoint.
+
+    Args:
+        config: the experiment (identical on every rank).
+        run_dir: the run directory (config snapshot, metrics, checkpoints, W&B).
+        resume: continue from the newest complete checkpoint if there is one.
+        on_checkpoint: called on every rank after each complete checkpoint
+            with its path and the latest metrics.
+        stop: a flag that, once set, makes every rank checkpoint and return.
+    """
+    dist = init_distributed()
+    run_dir = Path(run_dir)
+    stop = stop or StopFlag()
+    stop.install_signal_handlers()
+
+    resume_from = ckpt_io.newest_complete(run_dir, warn=dist.is_main) if resume else None
+    meta = ckpt_io.read_meta(resume_from) if resume_from else None
+    elastic = bool(meta) and needs_elastic_load(meta, dist.world_size, config.zero.stage)
+    run_info = prepare_run_dir(run_dir, config, dist, meta)
+
+    # Same seed on every rank: identical initial weights everywhere.
+    seed_all(config.train.seed)
+    model = build_model(config.model)
+    module = TrainingModule(model)
+    optimizer = build_optimizer(module, config)
+    scheduler = WarmupDecaySchedule(optimizer, config.optim, config.train.max_steps)
+    ds_config = deepspeed_config(config, dist.world_size)
+
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    use_safe_checkpoint_loading(engine)
+    if config.train.compile:
+        engine.compile()
+
+    train_loader, val_loader = build_loaders(config, dist)
+    step = tokens = 0
+    rank_state = None
+    if resume_from is not None:
+        step, tokens, rank_state = _restore(engine, train_loader, resume_from, meta, elastic, dist)
+        if dist.is_main:
+            how = "elastically " if elastic else ""
+            print(f"resumed {how}from {resume_from} at step {step}", flush=True)
+    if rank_state is not None and not elastic:
+        restore_rng(rank_state["rng"])  # exact resume: dropout continues as it would have
+    else:
+        # Dropout differs per rank but is a function of (seed, rank, step).
+        seed_all(config.train.seed * 1000 + dist.rank + 7919 * step)
+
+    wandb_run = (
+        start_wandb(config, run_dir, run_info.wandb_id, run_info.name) if dist.is_main else None
+    )
+    log = MetricsLog(run_dir, config.train.max_steps, wandb_run, enabled=dist.is_main)
+    log.rewind_to(step)
+
+    flops_per_unit = model.training_flops_per_unit()
+    peak = peak_flops(dist.device, config.train.precision, config.train.peak_tflops)
+    state = _LoopState(step=step, tokens=tokens)
+    last_ckpt: Path | None = resume_from
+    final_loss: float | None = None
+    eval_metrics: dict[str, float] = {}
+    batches = iter(train_loader)
+    t_start = time.perf_counter()
+    units_at_start = tokens
+
+    while state.step < config.train.max_steps:
+        t0 = time.perf_counter()
+        loss_acc = torch.zeros((), dtype=torch.float64, device=dist.device)
+        data_wait = 0.0
+        units = 0
+        for _ in range(config.train.grad_accum_steps):
+            t_data = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - t_data
+            units += batch_units(batch, model.flops_unit)
+            batch = to_device(batch, dist.device)
+            out = engine(batch)
+            engine.backward(out.loss)
+            engine.step()
+            loss_acc += out.loss.detach().double()
+        state.step += 1
+        step_units = int(all_reduce_sum([float(units)], dist.device)[0])
+        state.tokens += step_units
+        state.window_units += step_units
+        state.window_loss += loss_acc / config.train.grad_accum_steps
+        state.window_steps += 1
+        state.window_data += data_wait
+        state.window_time += time.perf_counter() - t0
+        is_last = state.step == config.train.max_steps
+        stop_now = _agree_to_stop(stop, dist)
+
+        if state.step % config.train.log_every == 0 or is_last or stop_now:
+            record = _train_record(engine, state, config, dist, model, flops_per_unit, peak)
+            final_loss = record["loss"]
+            log.log(record)
+            state.reset_window()
+        if state.step % config.train.eval_every == 0 or is_last:
+            eval_metrics = evaluate(
+                engine, val_loader, config.model.family, config.train.eval_batches, dist.device
+            )
+            if eval_metrics:
+                log.log({"kind": "eval", "step": state.step, **eval_metrics})
+        if state.step % config.train.checkpoint_every == 0 or is_last or stop_now:
+            last_ckpt = save_checkpoint(
+                engine, train_loader, run_dir, state, config, dist, run_info.wandb_id
+            )
+            if on_checkpoint is not None:
+                on_checkpoint(last_ckpt, {"step": state.step, "loss": final_loss})
+        if stop_now:
+            break
+
+    elapsed = time.perf_counter() - t_start
+    if wandb_run is not None:
+        wandb_run.finish()
+    return FitResult(
+        run_dir=run_dir,
+        step=state.step,
+        final_loss=final_loss,
+        tokens_per_s=(state.tokens - units_at_start) / elapsed if elapsed > 0 else 0.0,
+        last_checkpoint=last_ckpt,
+        stopped_early=state.step < config.train.max_steps,
+        eval_metrics=eval_metrics,
+    )
+
+
+@dataclass
+class _LoopState:
+    step: int
+    tokens: int
+    window_units: int = 0
+    window_steps: int = 0
+    window_data: float = 0.0
+    window_time: float = 0.0
+    window_loss: torch.Tensor | float = 0.0
+
+    def reset_window(self) -> None:
+        self.window_units = self.window_steps = 0
+        self.window_data = self.window_time = 0.0
+        self.window_loss = 0.0
+
+
+def _agree_to_stop(stop: StopFlag, dist: DistInfo) -> bool:
+    # Every rank must stop at the same step, so the flag is reduced (max).
+    flagged = float(stop.is_set())
+    return all_reduce_sum([flagged], dist.device)[0] > 0
+
+
+def _train_record(
+    engine: Any, state: _LoopState, config: ExperimentConfig, dist: DistInfo, model: Any,
+    flops_per_unit: float, peak: float,
+) -> dict[str, Any]:  # fmt: skip
+    loss_sum = float(state.window_loss)
+    loss = all_reduce_sum([loss_sum], dist.device)[0] / (state.window_steps * dist.world_size)
+    step_time = state.window_time / max(1, state.window_steps)
+    rate = state.window_units / state.window_time if state.window_time > 0 else 0.0
+    grad_norm = engine.get_global_grad_norm()
+    record: dict[str, Any] = {
+        "kind": "train",
+        "step": state.step,
+        "loss": loss,
+        "lr": engine.get_lr()[0],
+        "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+        "mfu": rate * flops_per_unit / (peak * dist.world_size),
+        "step_time_s": step_time,
+        "data_wait_frac": state.window_data / state.window_time if state.window_time else 0.0,
+        "peak_mem_gb": _peak_memory_gb(dist),
+        "tokens_seen": state.tokens,
+    }
+    record["samples_per_s" if model.flops_unit == "image" else "tokens_per_s"] = rate
+    return record
+
+
+def _peak_memory_gb(dist: DistInfo) -> float:
+    if dist.device.type == "cpu":
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().max_memory_allocated(dist.device) / 2**30
+
+
+def save_checkpoint(
+    engine: Any, train_loader: Any, run_dir: Path, state: _LoopState, config: ExperimentConfig,
+    dist: DistInfo, wandb_id: str,
+) -> Path:  # fmt: skip
+    """Write every rank's part, flush, then (rank 0) mark complete and prune."""
+    ckpt = ckpt_io.step_dir(run_dir, state.step)
+    engine.save_checkpoint(str(ckpt), tag=ckpt_io.ENGINE_TAG, save_latest=False)
+    ckpt_io.save_rank_state(
+        ckpt, dist.rank, {"data": train_loader.state_dict(), "rng": capture_rng()}
+    )
+    ckpt_io.fsync_tree(ckpt)
+    barrier()
+    if dist.is_main:
+        ckpt_io.mark_complete(
+            ckpt,
+            {
+                "step": state.step,
+                "tokens": state.tokens,
+                "world_size": dist.world_size,
+                "zero_stage": config.zero.stage,
+                "config": config.to_dict(),
+                "tokenizer_hash": getattr(train_loader, "tokenizer_hash", None),
+                "wandb_run_id": wandb_id,
+                "time": time.time(),
+            },
+        )
+        ckpt_io.prune(run_dir, config.checkpoint.keep)
+    barrier()
+    return ckpt
+
+
+def _restore(
+    engine: Any, train_loader: Any, ckpt: Path, meta: dict[str, Any], elastic: bool,
+    dist: DistInfo,
+) -> tuple[int, int, dict[str, Any]]:  # fmt: skip
+    step = int(meta["step"])
+    if elastic:
+        if meta["zero_stage"] == 0:
+            raise ckpt_io.CheckpointError(
+                f"{ckpt}: written at zero.stage 0; resume it at zero.stage 0 (any world size)"
+            )
+        if dist.is_main:
+            convert_to_universal(ckpt)
+        barrier()
+        load_universal_into(engine, ckpt, step)
+    else:
+        load_path, _ = engine.load_checkpoint(
+            str(ckpt), tag=ckpt_io.ENGINE_TAG, load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )  # fmt: skip
+        if load_path is None:
+            raise ckpt_io.CheckpointError(f"{ckpt}: DeepSpeed found no engine state")
+    # The loader's state is the global position in the sample order, so rank 0's
+    # saved state is valid for any world size.
+    rank_state = ckpt_io.load_rank_state(ckpt, 0 if elastic else dist.rank)
+    train_loader.load_state_dict(rank_state["data"])
+    return step, int(meta["tokens"]), rank_state

@@ -1,0 +1,91 @@
+"""Where metrics go: one compact console line, metrics.jsonl, and W&B.
+
+Only rank 0 writes. After a resume, lines past the checkpoint's step are
+dropped from metrics.jsonl (they are recomputed) and W&B is sent only steps
+it has not seen, so no step is ever logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of a run's metrics.jsonl (empty if none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_train_line(record: dict[str, Any], max_steps: int) -> str:
+    unit = "img" if "samples_per_s" in record and "tokens_per_s" not in record else "tok"
+    rate = record.get("tokens_per_s", record.get("samples_per_s", 0.0))
+    parts = [
+        f"step {record['step']:>6}/{max_steps}",
+        f"loss {record['loss']:.4f}",
+        f"lr {record['lr']:.2e}",
+        f"gnorm {record['grad_norm']:.2f}",
+        f"{rate / 1000:.1f}k {unit}/s" if rate >= 1000 else f"{rate:.1f} {unit}/s",
+        f"mfu {100 * record['mfu']:.1f}%",
+        f"data {100 * record['data_wait_frac']:.1f}%",
+        f"{1000 * record['step_time_s']:.0f} ms/step",
+        f"mem {record['peak_mem_gb']:.2f} GB",
+    ]
+    return " | ".join(parts)
+
+
+def format_eval_line(record: dict[str, Any]) -> str:
+    shown = [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_")]
+    return f"eval @ step {record['step']}: " + " | ".join(shown)
+
+
+class MetricsLog:
+    """Rank 0's sink for training and evaluation records.
+
+    Args:
+        run_dir: the run directory holding metrics.jsonl.
+        max_steps: for the console line's progress.
+        wandb_run: a W&B run (or None) to mirror records to.
+        enabled: False on ranks other than 0.
+    """
+
+    def __init__(self, run_dir: Path, max_steps: int, wandb_run: Any = None, enabled: bool = True):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.max_steps = max_steps
+        self.wandb_run = wandb_run
+        self.enabled = enabled
+        self.wandb_last_step = -1
+
+    def rewind_to(self, step: int) -> None:
+        """Forget records after `step`; W&B keeps what it has and skips up to it."""
+        if not self.enabled:
+            return
+        records = read_metrics(self.path.parent)
+        self.wandb_last_step = max((r["step"] for r in records), default=-1)
+        kept = [r for r in records if r["step"] <= step]
+        if len(kept) != len(records):
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append `record` (must have `kind` and `step`), print it, mirror to W&B."""
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if record["kind"] == "train":
+            print(format_train_line(record, self.max_steps), flush=True)
+        else:
+            print(format_eval_line(record), flush=True)
+        step = record["step"]
+        if self.wandb_run is not None and step > self.wandb_last_step:
+            payload = {
+                f"{record['kind']}/{k}": v
+                for k, v in record.items()
+                if k not in ("kind", "step") and isinstance(v, int | float)
+            }
+            self.wandb_run.log(payload, step=step)

@@ -1,0 +1,84 @@
+"""The peak matmul FLOP/s of this worker's device, the denominator of MFU.
+
+MFU (model FLOPs utilisation) = model training FLOP/s / peak FLOP/s. Set
+`train.peak_tflops` to a datasheet figure (for example 989 for an H100 SXM in
+bf16) or leave it unset: gobig then times a large square matmul in the
+training precision on the worker's device once and caches the result in
+~/.cache/gobig/peak_flops.json (keyed by device, dtype and thread count).
+Measure a machine by hand with `python -m train.peak_flops`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+CACHE = Path(os.environ.get("GOBIG_CACHE", Path.home() / ".cache" / "gobig")) / "peak_flops.json"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measure_matmul_flops(
+    device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.5
+) -> float:
+    """Sustained FLOP/s of `size`-square matmuls on `device` in `dtype`."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):  # warm-up: allocator, kernel selection, clocks
+        a @ b
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        count += 1
+        if count % 4 == 0:
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return 2 * size**3 * count / elapsed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type != "cpu":
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator().synchronize()
+
+
+def _key(device: torch.device, precision: str) -> str:
+    name = platform.processor() or platform.machine()
+    if device.type != "cpu":
+        from deepspeed.accelerator import get_accelerator
+
+        name = get_accelerator().get_device_name(device.index or 0) or name
+    return f"{device.type}|{name}|{precision}|threads={torch.get_num_threads()}"
+
+
+def peak_flops(device: torch.device, precision: str, configured_tflops: float | None) -> float:
+    """Peak FLOP/s: the configured figure, or a cached (else fresh) measurement."""
+    if configured_tflops:
+        return configured_tflops * 1e12
+    key = _key(device, precision)
+    try:
+        cache = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = measure_matmul_flops(device, DTYPES[precision])
+        try:
+            CACHE.parent.mkdir(parents=True, exist_ok=True)
+            CACHE.write_text(json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only home only costs a re-measurement next time
+    return float(cache[key])
+
+
+if __name__ == "__main__":
+    dev = torch.device("cpu")
+    for prec in ("fp32", "bf16"):
+        flops = measure_matmul_flops(dev, DTYPES[prec], seconds=2.0)
+        print(f"{prec}: {flops / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")

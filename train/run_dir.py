@@ -1,0 +1,52 @@
+"""The run directory's identity files: config snapshot and run.json.
+
+    RUN_DIR/config.yaml     the resolved config of the latest attempt
+    RUN_DIR/run.json        run name and W&B run id, stable across attempts
+    RUN_DIR/metrics.jsonl   see train/metrics_log.py
+    RUN_DIR/checkpoints/    see train/checkpoint.py
+    RUN_DIR/wandb/          W&B's own files
+
+Only rank 0 writes here (other ranks may not even share the file system).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train.config.schema import ExperimentConfig
+from train.distributed import DistInfo
+from train.wandb_run import new_run_id
+
+CONFIG_SNAPSHOT = "config.yaml"
+RUN_INFO = "run.json"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    wandb_id: str
+
+
+def prepare_run_dir(
+    run_dir: Path, config: ExperimentConfig, dist: DistInfo, meta: dict[str, Any] | None
+) -> RunInfo:
+    """Create the run directory (rank 0) and settle the run's name and W&B id.
+
+    The W&B id comes from the checkpoint being resumed, else from run.json,
+    else it is new; it is written back so every later attempt finds it.
+    """
+    if not dist.is_main:
+        return RunInfo(name=run_dir.name, wandb_id="")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info_path = run_dir / RUN_INFO
+    saved = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    wandb_id = (meta or {}).get("wandb_run_id") or saved.get("wandb_id") or new_run_id()
+    info = RunInfo(name=saved.get("name", run_dir.name), wandb_id=wandb_id)
+    info_path.write_text(json.dumps({"name": info.name, "wandb_id": info.wandb_id}, indent=1))
+    (run_dir / CONFIG_SNAPSHOT).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return info
