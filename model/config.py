@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 Family = Literal["gpt", "bert", "vit"]
 Position = Literal["learned", "sinusoidal", "rotary", "alibi", "none"]
@@ -101,9 +101,10 @@ class ModelConfig:
         # Literal annotations are not enforced at runtime; a typo would otherwise
         # silently fall through to some default branch in the model code.
         for field, allowed in _CHOICES.items():
-            if getattr(self, field) not in allowed:
+            value = getattr(self, field)
+            if value not in allowed:
                 raise ValueError(
-                    f"model.{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}"
+                    f"model.{field} must be one of {', '.join(allowed)}, got {value!r}"
                 )
         for field in ("type_vocab_size", "image_size", "patch_size", "in_channels"):
             if getattr(self, field) < 1:
@@ -136,7 +137,7 @@ class ModelConfig:
         """
         return self.num_patches + (1 if self.pooling == "cls" else 0)
 
-    def replace(self, **overrides: object) -> ModelConfig:
+    def replace(self, **overrides: Any) -> ModelConfig:
         """Copy with fields replaced; unknown field names raise ValueError."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)

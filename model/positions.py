@@ -41,7 +41,9 @@ def sinusoidal_encoding(positions: Tensor, dim: int) -> Tensor:
     return enc[:, :dim]
 
 
-def rotary_cos_sin(positions: Tensor, head_dim: int, base: float = FREQUENCY_BASE) -> tuple[Tensor, Tensor]:
+def rotary_cos_sin(
+    positions: Tensor, head_dim: int, base: float = FREQUENCY_BASE
+) -> tuple[Tensor, Tensor]:
     """Cosines and sines for rotary embeddings (GPT-NeoX half-split layout).
 
     Args:
@@ -153,6 +155,6 @@ class PositionEncoding(nn.Module):
         return alibi_bias(self.slopes, q_positions, k_positions)
 
     @property
-    def embedding_params(self) -> list[nn.Parameter]:
+    def embedding_params(self) -> list[Tensor]:
         """Parameters that are lookup tables (excluded from non-embedding counts)."""
         return [] if self.embedding is None else [self.embedding.weight]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from model.config import ModelConfig
 
+# fmt: off
+# Compact rows read as a table; the formatter would put every field on its own line.
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "gpt-tiny": ModelConfig(
         name="gpt-tiny", family="gpt", n_layer=4, n_head=4, d_model=128,
@@ -37,12 +39,14 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         layer_norm_eps=1e-6,
     ),
 }
+# fmt: on
 
 
 def get_preset(name: str) -> ModelConfig:
-    """The registered config called `name`; ValueError lists the known names."""
+    """A copy of the registered config `name`; ValueError lists the known names."""
     try:
-        return MODEL_PRESETS[name]
+        # A copy: callers often tweak the config, which must not leak into the registry.
+        return MODEL_PRESETS[name].replace()
     except KeyError:
         known = ", ".join(sorted(MODEL_PRESETS))
         raise ValueError(f"model.name: unknown model {name!r} (known: {known})") from None

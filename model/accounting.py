@@ -1,0 +1,85 @@
+"""Parameter and FLOP accounting shared by the three model families.
+
+"Embedding" parameters here are the lookup-only tables: position embeddings,
+BERT's token-type embeddings and ViT's CLS token. Token embeddings are not
+among them because they are tied to the output head, a real matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+
+
+def count_params(module: nn.Module, exclude: Iterable[Tensor] = ()) -> int:
+    """Number of unique parameters of `module` (tied weights once), minus `exclude`.
+
+    Args:
+        module: the model.
+        exclude: parameters to leave out (e.g. lookup tables).
+    """
+    excluded = {id(p) for p in exclude}
+    # DeepSpeed ZeRO-3 swaps each parameter's data for an empty shard and keeps
+    # the full size in ds_numel; reading it keeps the count right there too.
+    return sum(
+        getattr(p, "ds_numel", p.numel()) for p in module.parameters() if id(p) not in excluded
+    )
+
+
+def training_flops_per_token(
+    non_embedding_params: int, n_layer: int, d_model: int, seq_len: int
+) -> float:
+    """Training FLOPs per token: 6 * N + 12 * L * H * Q * T (PaLM, appendix B).
+
+    6 * N covers forward (2 FLOPs per multiply-add) and backward (twice the
+    forward) of every weight matmul; 12 * L * (H * Q = d_model) * T adds the
+    attention score and value matmuls over a full context of T tokens, with no
+    discount for the causal mask. Activation recomputation is not counted, so
+    this is the "model FLOPs" of MFU.
+
+    Args:
+        non_embedding_params: N, parameters that take part in matmuls.
+        n_layer: L.
+        d_model: H * Q.
+        seq_len: T, the context length.
+    """
+    return 6.0 * non_embedding_params + 12.0 * n_layer * d_model * seq_len
+
+
+def analytic_param_count(config: ModelConfig, non_embedding: bool = False) -> int:
+    """Parameter count of the model `config` describes, from the formula alone.
+
+    Args:
+        config: model shape.
+        non_embedding: leave out lookup-only tables (see module docstring).
+    """
+    d, b = config.d_model, int(config.bias)
+    hidden = config.mlp_ratio * d
+    ln = d + d * b
+    attention = (d * 3 * d + 3 * d * b) + (d * d + d * b)
+    mlp = (d * hidden + hidden * b) + (hidden * d + d * b)
+    stack = config.n_layer * (2 * ln + attention + mlp) + ln
+
+    seq_len = config.image_seq_len if config.family == "vit" else config.max_seq_len
+    lookup = seq_len * d if config.position == "learned" else 0
+    if config.family == "gpt":
+        # The LM head is tied to the token embedding and has no bias.
+        total = config.vocab_size * d + stack
+    elif config.family == "bert":
+        lookup += config.type_vocab_size * d
+        mlm_head = (d * d + d * b) + ln + config.vocab_size * b
+        total = config.vocab_size * d + ln + stack + mlm_head
+        if config.pair_head != "none" or config.num_labels > 0:
+            total += d * d + d * b
+        if config.pair_head != "none":
+            total += d * 2 + 2 * b
+        total += config.num_labels * d + config.num_labels * b
+    else:
+        lookup += d if config.pooling == "cls" else 0
+        patch = config.in_channels * config.patch_size**2 * d + d * b
+        head = d * config.num_classes + config.num_classes * b
+        total = patch + stack + head
+    return total if non_embedding else total + lookup

@@ -1,0 +1,184 @@
+"""Multi-head self-attention on torch's scaled_dot_product_attention.
+
+Masks, ALiBi biases and rotary angles do not depend on the layer, so a model
+builds them once per forward into an `AttentionContext` and every layer reads
+it. SDPA picks flash / memory-efficient kernels on GPU; the plain causal case
+passes `is_causal=True` with no mask tensor, which keeps the flash path open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+from model.init import ResidualProjection
+from model.positions import PositionEncoding, apply_rotary
+
+
+class KVCache:
+    """Keys and values of already-processed tokens, per layer, for decoding.
+
+    Keys are stored after rotary rotation, so a cached decode step only needs
+    the new token's own position.
+
+    Args:
+        n_layer: number of attention layers that will write to the cache.
+    """
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers: list[tuple[Tensor, Tensor] | None] = [None] * n_layer
+
+    @property
+    def seq_len(self) -> int:
+        """Number of cached positions (read before a forward starts writing)."""
+        first = self.layers[0]
+        return 0 if first is None else first[0].shape[2]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new k, v [B, H, T_new, Dh] for `layer`; return all k, v so far."""
+        past = self.layers[layer]
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)
+            v = torch.cat((past[1], v), dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+@dataclass
+class AttentionContext:
+    """Everything attention needs besides the hidden states; shared by all layers.
+
+    Args:
+        is_causal: let SDPA apply the causal mask itself (no mask tensor).
+        keep: bool [B or 1, 1, Tq, Tk], True where a query may attend to a key.
+        bias: float32 additive score bias [1, H, Tq, Tk] (ALiBi).
+        rotary: float32 (cos, sin) [Tq, Dh] for the new queries and keys.
+        kv_cache: cache to read past keys/values from and append to.
+    """
+
+    is_causal: bool = False
+    keep: Tensor | None = None
+    bias: Tensor | None = None
+    rotary: tuple[Tensor, Tensor] | None = None
+    kv_cache: KVCache | None = None
+    _masks: dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False)
+
+    def mask_for(self, dtype: torch.dtype) -> Tensor | None:
+        """Additive SDPA mask in the query dtype (SDPA requires them to match).
+
+        Masked scores get the dtype's most negative finite value. Built per
+        dtype because a float32 mask cast down to bf16/fp16 would overflow.
+        """
+        if dtype in self._masks:
+            return self._masks[dtype]
+        if self.keep is None:
+            if self.bias is None:
+                return None
+            mask = self.bias.to(dtype)
+        else:
+            device = self.keep.device
+            kept = torch.zeros((), dtype=dtype, device=device)
+            if self.bias is not None:
+                kept = self.bias.to(dtype)
+            blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=device)
+            mask = torch.where(self.keep, kept, blocked)
+        self._masks[dtype] = mask
+        return mask
+
+
+def build_attention_context(
+    positions: PositionEncoding,
+    q_len: int,
+    *,
+    causal: bool,
+    device: torch.device,
+    attention_mask: Tensor | None = None,
+    kv_cache: KVCache | None = None,
+) -> AttentionContext:
+    """Masks, biases and rotary angles for one forward pass.
+
+    Args:
+        positions: the model's position scheme (supplies rotary and ALiBi).
+        q_len: number of new tokens in this forward.
+        causal: decoder (True) or bidirectional encoder (False).
+        device: device of the inputs.
+        attention_mask: [B, past + q_len], 1 = real token, 0 = padding; padded
+            keys are never attended to.
+        kv_cache: decoding cache; its length offsets the new tokens' positions.
+    """
+    past = 0 if kv_cache is None else kv_cache.seq_len
+    q_pos = torch.arange(past, past + q_len, device=device)
+    k_pos = torch.arange(past + q_len, device=device)
+    bias = positions.attention_bias(q_pos, k_pos)
+
+    keep = None
+    if attention_mask is not None:
+        if attention_mask.ndim != 2 or attention_mask.shape[1] != past + q_len:
+            raise ValueError(
+                f"attention_mask must be [batch, {past + q_len}] (cached + new tokens), "
+                f"got {list(attention_mask.shape)}"
+            )
+        keep = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    # A single new query may see every key, so it needs no causal mask. SDPA's
+    # is_causal aligns the mask top-left, which is only right without a cache.
+    needs_causal_mask = causal and q_len > 1
+    is_causal = needs_causal_mask and keep is None and bias is None and past == 0
+    if needs_causal_mask and not is_causal:
+        causal_keep = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        keep = causal_keep if keep is None else keep & causal_keep
+    if keep is not None:
+        # Every query may see its own key, so no row is fully masked: such a row
+        # softmaxes to NaN (or garbage), and NaN leaks through later layers even
+        # where attention weights are zero. Only padding queries are affected.
+        keep = keep | (k_pos[None, :] == q_pos[:, None])[None, None]
+    return AttentionContext(
+        is_causal=is_causal,
+        keep=keep,
+        bias=bias,
+        rotary=positions.rotary(q_pos),
+        kv_cache=kv_cache,
+    )
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection.
+
+    Args:
+        config: model shape (d_model, n_head, bias, dropout).
+        layer: this layer's index, its slot in a KVCache.
+    """
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_head = config.n_head
+        self.d_model = config.d_model
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.proj = ResidualProjection(config.d_model, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        """Attend over x [B, T, d] (plus cached keys); return [B, T, d]."""
+        b, t, _ = x.shape
+        q, k, v = (
+            part.view(b, t, self.n_head, -1).transpose(1, 2)
+            for part in self.qkv(x).split(self.d_model, dim=2)
+        )
+        if ctx.rotary is not None:
+            cos, sin = ctx.rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if ctx.kv_cache is not None:
+            k, v = ctx.kv_cache.update(self.layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=ctx.mask_for(q.dtype),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=ctx.is_causal,
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.d_model))

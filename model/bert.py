@@ -1,0 +1,267 @@
+"""BERT: a bidirectional encoder with MLM, sentence-pair and classification heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.accounting import count_params, training_flops_per_token
+from model.attention import build_attention_context
+from model.blocks import TransformerStack, layer_norm
+from model.config import ModelConfig
+from model.init import init_transformer_weights
+from model.losses import cross_entropy_with_stats
+from model.output import ModelOutput
+from model.positions import PositionEncoding
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout.
+
+    Args:
+        config: model shape.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = PositionEncoding(
+            config.position, config.max_seq_len, config.d_model, config.n_head
+        )
+        self.token_type = nn.Embedding(config.type_vocab_size, config.d_model)
+        self.ln = layer_norm(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.positions(self.word(input_ids), positions) + self.token_type(token_type_ids)
+        return self.drop(self.ln(x))
+
+
+class MaskedLMHead(nn.Module):
+    """Dense + GELU + LayerNorm, then a decoder tied to the word embeddings.
+
+    Args:
+        config: model shape.
+        word_embeddings: the embedding whose weight the decoder shares.
+    """
+
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.act = nn.GELU()
+        self.ln = layer_norm(config)
+        # The decoder has its own output bias (when config.bias) but no own weight.
+        self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=config.bias)
+        self.decoder.weight = word_embeddings.weight
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.decoder(self.ln(self.act(self.dense(hidden))))
+
+
+class Pooler(nn.Module):
+    """tanh(dense(hidden at the first, [CLS], position)).
+
+    Args:
+        config: model shape.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class BERT(nn.Module):
+    """Bidirectional encoder with a masked-LM head and optional pooled heads.
+
+    Heads: the MLM head always; a pooler when config.pair_head != "none" or
+    config.num_labels > 0; a 2-way pair head (NSP or SOP, same shape) on the
+    pooled [CLS]; a dropout + linear sequence classifier when num_labels > 0.
+    Blocks are pre-LN, so the encoder ends with a final LayerNorm.
+
+    Args:
+        config: model shape; family should be "bert".
+    """
+
+    flops_unit = "token"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.transformer = TransformerStack(config)
+        self.mlm_head = MaskedLMHead(config, self.embeddings.word)
+        pooled = config.pair_head != "none" or config.num_labels > 0
+        self.pooler = Pooler(config) if pooled else None
+        self.pair_head = (
+            nn.Linear(config.d_model, 2, bias=config.bias) if config.pair_head != "none" else None
+        )
+        self.classifier = (
+            nn.Sequential(
+                nn.Dropout(config.dropout),
+                nn.Linear(config.d_model, config.num_labels, bias=config.bias),
+            )
+            if config.num_labels > 0
+            else None
+        )
+        init_transformer_weights(self, config.init_std, config.n_layer)
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Final hidden states [B, T, d_model].
+
+        Args:
+            input_ids: [B, T] token ids; position 0 should be [CLS] for pooling.
+            token_type_ids: [B, T] segment ids; zeros when omitted.
+            attention_mask: [B, T], 1 = token, 0 = padding (never attended to).
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got {list(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {input_ids.shape[1]} tokens exceeds "
+                f"model.max_seq_len={self.config.max_seq_len}"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        ctx = build_attention_context(
+            self.embeddings.positions,
+            input_ids.shape[1],
+            causal=False,
+            device=input_ids.device,
+            attention_mask=attention_mask,
+        )
+        return self.transformer(self.embeddings(input_ids, token_type_ids), ctx)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Masked-LM logits [B, T, vocab_size]; arguments as in `encode`."""
+        return self.mlm_head(self.encode(input_ids, token_type_ids, attention_mask))
+
+    def pooled_output(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Pooled [CLS] representation [B, d_model]; arguments as in `encode`."""
+        return self._pool(self.encode(input_ids, token_type_ids, attention_mask))
+
+    def pair_logits(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """NSP/SOP logits [B, 2] (1 = "not next" / "swapped"); arguments as in `encode`."""
+        if self.pair_head is None:
+            raise ValueError("pair_logits needs model.pair_head = nsp or sop")
+        return self.pair_head(self.pooled_output(input_ids, token_type_ids, attention_mask))
+
+    def classify(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Sequence-classification logits [B, num_labels]; arguments as in `encode`."""
+        if self.classifier is None:
+            raise ValueError("classify needs model.num_labels > 0")
+        return self.classifier(self.pooled_output(input_ids, token_type_ids, attention_mask))
+
+    def _pool(self, hidden: Tensor) -> Tensor:
+        if self.pooler is None:
+            raise ValueError("no pooler: set model.pair_head or model.num_labels")
+        return self.pooler(hidden)
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> ModelOutput:
+        """Sum of the losses whose targets the batch carries (encoding runs once).
+
+        Args:
+            batch: "input_ids" [B, T]; optional "token_type_ids", "attention_mask";
+                "labels" [B, T] MLM targets (-100 on unselected tokens);
+                "pair_labels" [B] NSP/SOP targets (with a pair head);
+                "class_labels" [B] classification targets (with num_labels > 0).
+
+        Returns:
+            ModelOutput whose logits are the MLM logits when "labels" is given,
+            else the classification or pair logits. Metrics: mlm_loss,
+            masked_accuracy, num_masked; pair_loss, pair_accuracy;
+            class_loss, class_accuracy (each when computed).
+        """
+        hidden = self.encode(
+            batch["input_ids"], batch.get("token_type_ids"), batch.get("attention_mask")
+        )
+        losses: list[Tensor] = []
+        metrics: dict[str, Tensor] = {}
+        logits = None
+        if "labels" in batch:
+            logits = self.mlm_head(hidden)
+            loss, count, correct = cross_entropy_with_stats(logits, batch["labels"])
+            losses.append(loss)
+            metrics.update(
+                mlm_loss=loss.detach(),
+                masked_accuracy=correct / count.clamp(min=1),
+                num_masked=count,
+            )
+        pooled = None
+        for key, head, name in (
+            ("class_labels", self.classifier, "class"),
+            ("pair_labels", self.pair_head, "pair"),
+        ):
+            if key not in batch or head is None:
+                continue
+            pooled = self._pool(hidden) if pooled is None else pooled
+            head_logits = head(pooled)
+            loss, count, correct = cross_entropy_with_stats(head_logits, batch[key])
+            losses.append(loss)
+            metrics[f"{name}_loss"] = loss.detach()
+            metrics[f"{name}_accuracy"] = correct / count.clamp(min=1)
+            logits = head_logits if logits is None else logits
+        if logits is None:
+            raise ValueError(
+                "batch has no targets this BERT can use: give labels, pair_labels "
+                "(with model.pair_head) or class_labels (with model.num_labels)"
+            )
+        return ModelOutput(loss=torch.stack(losses).sum(), logits=logits, metrics=metrics)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Unique parameters; non_embedding leaves out position and token-type tables.
+
+        Args:
+            non_embedding: exclude lookup-only tables (the word embedding stays:
+                it is the MLM decoder's matmul weight).
+        """
+        exclude: list[Tensor] = []
+        if non_embedding:
+            exclude = [
+                *self.embeddings.positions.embedding_params,
+                self.embeddings.token_type.weight,
+            ]
+        return count_params(self, exclude)
+
+    def training_flops_per_unit(self) -> float:
+        """Training FLOPs per token, 6 * N + 12 * L * d_model * max_seq_len.
+
+        N is `num_params(non_embedding=True)`; see
+        `model.accounting.training_flops_per_token`.
+        """
+        c = self.config
+        return training_flops_per_token(
+            self.num_params(non_embedding=True), c.n_layer, c.d_model, c.max_seq_len
+        )
+
+    def training_flops_per_token(self) -> float:
+        """Alias of `training_flops_per_unit` (the unit is a token)."""
+        return self.training_flops_per_unit()

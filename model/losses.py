@@ -1,0 +1,35 @@
+"""Cross entropy with ignored targets, computed in float32."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def cross_entropy_with_stats(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean cross entropy over non-ignored targets, plus target and hit counts.
+
+    Logits are upcast to float32 so that bf16/fp16 autocast does not degrade
+    the log-softmax. With no target at all the loss is 0 (not NaN), so an
+    all-ignored micro-batch cannot poison gradient accumulation.
+
+    Args:
+        logits: [..., C] scores.
+        labels: [...] class ids; IGNORE_INDEX (-100) marks positions to skip.
+
+    Returns:
+        (loss, count, correct): scalar loss with grad; detached number of
+        targets and of targets the argmax got right.
+    """
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    labels = labels.reshape(-1)
+    valid = labels != IGNORE_INDEX
+    count = valid.sum()
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = total / count.clamp(min=1)
+    with torch.no_grad():
+        correct = ((logits.argmax(dim=-1) == labels) & valid).sum()
+    return loss, count.detach(), correct
