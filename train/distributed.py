@@ -69,3 +69,21 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def broadcast_text(text: str, src: int = 0) -> str:
+    """Rank `src`'s short string on every rank (as bytes in a tensor, not pickled)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return text
+    device = torch.device("cpu") if dist.get_backend() == "gloo" else _device()
+    data = torch.zeros(256, dtype=torch.uint8, device=device)
+    raw = text.encode()[:256]
+    data[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    dist.broadcast(data, src=src)
+    return bytes(data.cpu().tolist()).rstrip(b"\0").decode()
+
+
+def _device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())

@@ -45,6 +45,8 @@ class FitResult:
     final_loss: float | None
     tokens_per_s: float
     last_checkpoint: Path | None
+    unit: str = "tokens"
+    is_main: bool = True
     stopped_early: bool = False
     eval_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -199,6 +201,8 @@ def fit(
         last_checkpoint=last_ckpt,
         stopped_early=state.step < config.train.max_steps,
         eval_metrics=eval_metrics,
+        unit="images" if model.flops_unit == "image" else "tokens",
+        is_main=dist.is_main,
     )
 
 

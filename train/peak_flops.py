@@ -23,23 +23,31 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def measure_matmul_flops(
-    device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.5
-) -> float:
-    """Sustained FLOP/s of `size`-square matmuls on `device` in `dtype`."""
+    device: torch.device, dtype: torch.dtype, size: int = 1024, trials: int = 5,
+    seconds_per_trial: float = 0.1,
+) -> float:  # fmt: skip
+    """Best sustained FLOP/s of `size`-square matmuls over a few short trials.
+
+    The best trial, not the mean: a peak is what the hardware can do, and a
+    neighbour's burst of load should not lower it.
+    """
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):  # warm-up: allocator, kernel selection, clocks
         a @ b
-    _sync(device)
-    count, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        count += 1
-        if count % 4 == 0:
+    best = 0.0
+    for _ in range(trials):
+        _sync(device)
+        count, start = 0, time.perf_counter()
+        while True:
+            a @ b
+            count += 1
             _sync(device)
             elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return 2 * size**3 * count / elapsed
+            if elapsed >= seconds_per_trial:
+                break
+        best = max(best, 2 * size**3 * count / elapsed)
+    return best
 
 
 def _sync(device: torch.device) -> None:
@@ -80,5 +88,5 @@ def peak_flops(device: torch.device, precision: str, configured_tflops: float | 
 if __name__ == "__main__":
     dev = torch.device("cpu")
     for prec in ("fp32", "bf16"):
-        flops = measure_matmul_flops(dev, DTYPES[prec], seconds=2.0)
+        flops = measure_matmul_flops(dev, DTYPES[prec], trials=10, seconds_per_trial=0.2)
         print(f"{prec}: {flops / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")

@@ -50,3 +50,45 @@ def prepare_run_dir(
     info_path.write_text(json.dumps({"name": info.name, "wandb_id": info.wandb_id}, indent=1))
     (run_dir / CONFIG_SNAPSHOT).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return info
+
+
+def default_run_name(config: ExperimentConfig) -> str:
+    """`run.name`, or the model name and the current time."""
+    import time
+
+    return config.run.name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def new_run_dir(config: ExperimentConfig, name: str) -> Path:
+    """The directory for a fresh run; refuses one that already holds checkpoints."""
+    from train.checkpoint import list_checkpoints
+    from train.config import ConfigError
+
+    run_dir = Path(config.run.dir) / name
+    if list_checkpoints(run_dir):
+        raise ConfigError(
+            f"run.name: {run_dir} already holds checkpoints; continue it with "
+            f"`gobig resume {run_dir}` or choose another run.name"
+        )
+    return run_dir
+
+
+def load_run_config(run_dir: Path, overrides: list[str]) -> ExperimentConfig:
+    """The config a run was started with, plus `overrides` (for resuming)."""
+    from train.checkpoint import newest_complete
+    from train.config import ConfigError, load_config
+
+    snapshot = Path(run_dir) / CONFIG_SNAPSHOT
+    if not snapshot.is_file():
+        raise ConfigError(f"{run_dir}: not a gobig run directory (no {CONFIG_SNAPSHOT})")
+    if newest_complete(Path(run_dir)) is None:
+        raise ConfigError(f"{run_dir}: no complete checkpoint to resume from")
+    config = load_config(snapshot, overrides)
+    # The run keeps its place: resuming never moves it elsewhere.
+    return config.model_copy(
+        update={
+            "run": config.run.model_copy(
+                update={"dir": str(Path(run_dir).parent), "name": Path(run_dir).name}
+            )
+        }
+    )

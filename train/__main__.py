@@ -1,0 +1,65 @@
+"""`python -m train`: the worker loop without Ray.
+
+    python -m train CONFIG [dotted.key=value ...]        a fresh run
+    python -m train --resume RUN_DIR [dotted.key=value]  continue a run
+
+One process, or one process per rank under torchrun. Errors in the config
+are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from train.config import ConfigError, load_config
+from train.run_dir import default_run_name, load_run_config, new_run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run")
+    parser.add_argument("args", nargs="*", help="[CONFIG.yaml] [dotted.key=value ...]")
+    ns = parser.parse_args(argv)
+    try:
+        if ns.resume:
+            run_dir = Path(ns.resume)
+            config = load_run_config(run_dir, ns.args)
+        else:
+            path = ns.args[0] if ns.args and "=" not in ns.args[0] else None
+            overrides = ns.args[1:] if path else ns.args
+            config = load_config(path, overrides)
+            run_dir = new_run_dir(config, _agreed_run_name(config))
+    except ConfigError as exc:
+        print(f"gobig: error: {exc}", file=sys.stderr)
+        return 2
+
+    from data_pipeline import DataError
+    from train.loop import fit
+    from train.summary import print_summary
+
+    try:
+        result = fit(config, run_dir, resume=bool(ns.resume))
+    except (ConfigError, DataError) as exc:
+        print(f"gobig: error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(result)
+    return 0
+
+
+def _agreed_run_name(config) -> str:
+    # Under torchrun every rank must pick the same default name: rank 0's.
+    import os
+
+    name = default_run_name(config)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from train.distributed import broadcast_text, init_distributed
+
+        init_distributed()
+        name = broadcast_text(name)
+    return name
+
+
+if __name__ == "__main__":
+    sys.exit(main())
