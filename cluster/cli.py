@@ -1,4 +1,12 @@
-"""The `gobig` command: one entry point for data preparation, training and jobs.
+"""The `gobig` command: one entry point for data, training, runs and jobs.
+
+    gobig train  [CONFIG] [key=value ...] [--address ADDR]   train on Ray (local by default)
+    gobig resume RUN_DIR  [key=value ...] [--address ADDR]   continue a run
+    gobig submit --address http://HEAD:8265 [CONFIG] [key=value ...] [--no-wait]
+    gobig jobs   list|status|logs|stop [JOB_ID] --address http://HEAD:8265
+    gobig export RUN_OR_CHECKPOINT --out DIR                 safetensors + config
+    gobig data   tokenizer|text|images ...                   prepare data
+    gobig config [CONFIG] [key=value ...]                    print the resolved config
 
 Every user error ends as one line on stderr and exit code 2, never a
 traceback; heavy imports (torch, DeepSpeed, Ray) happen only in the
@@ -19,6 +27,28 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "gpt-tiny.yaml"
 
 class UsageError(ValueError):
     """Bad command-line input; printed as one line, exit code 2."""
+
+
+def pop_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """Take `--name VALUE` or `--name=VALUE` out of `args` (anywhere in it)."""
+    rest, value, i = [], None, 0
+    while i < len(args):
+        arg = args[i]
+        if arg == name:
+            if i + 1 >= len(args):
+                raise UsageError(f"{name} needs a value")
+            value, i = args[i + 1], i + 2
+            continue
+        if arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
+def pop_flag(args: list[str], name: str) -> tuple[bool, list[str]]:
+    return name in args, [a for a in args if a != name]
 
 
 def split_config_and_overrides(args: list[str]) -> tuple[Path | None, list[str]]:
@@ -43,11 +73,57 @@ def _cmd_config(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
-    path, overrides = split_config_and_overrides(ns.args)
+    from cluster.ray_session import cluster_address
+    from train.run_dir import default_run_name, new_run_dir
+
+    address, args = pop_option(ns.args, "--address")
+    path, overrides = split_config_and_overrides(args)
     config = load_config(path, overrides)
+    run_dir = new_run_dir(config, default_run_name(config))
     from cluster.launch import run_training
 
-    return run_training(config, config_path=path)
+    return run_training(config, run_dir, cluster_address(config, address))
+
+
+def _cmd_resume(ns: argparse.Namespace) -> int:
+    from cluster.ray_session import cluster_address
+    from train.run_dir import load_run_config
+
+    address, args = pop_option(ns.args, "--address")
+    if not args or "=" in args[0]:
+        raise UsageError("usage: gobig resume RUN_DIR [dotted.key=value ...]")
+    run_dir, overrides = Path(args[0]), args[1:]
+    config = load_run_config(run_dir, overrides)
+    from cluster.launch import run_training
+
+    return run_training(config, run_dir, cluster_address(config, address), resuming=True)
+
+
+def _cmd_submit(ns: argparse.Namespace) -> int:
+    from cluster.jobs import submit
+
+    address, args = pop_option(ns.args, "--address")
+    no_wait, args = pop_flag(args, "--no-wait")
+    if not address:
+        raise UsageError("gobig submit needs --address http://HEAD:8265")
+    path, overrides = split_config_and_overrides(args)
+    load_config(path, overrides)  # fail here, not on the cluster
+    return submit(address, path, overrides, wait=not no_wait, repo_root=REPO_ROOT)
+
+
+def _cmd_jobs(ns: argparse.Namespace) -> int:
+    from cluster.jobs import jobs_command
+
+    address, args = pop_option(ns.args, "--address")
+    if not address:
+        raise UsageError("gobig jobs needs --address http://HEAD:8265")
+    return jobs_command(address, args)
+
+
+def _cmd_export(ns: argparse.Namespace) -> int:
+    from train.export import main as export_main
+
+    return export_main(ns.args)
 
 
 def _cmd_data(ns: argparse.Namespace) -> int:
@@ -60,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gobig",
         description="Train GPT, BERT and ViT models with DeepSpeed ZeRO workers on Ray.",
+        epilog="Run `gobig COMMAND --help` for a command's arguments.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -68,10 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("args", nargs=argparse.REMAINDER, help=args_help)
         p.set_defaults(func=func)
 
-    cfg_help = "[CONFIG.yaml] [dotted.key=value ...]"
-    add("train", "train a model (default: configs/gpt-tiny.yaml)", _cmd_train, cfg_help)
-    add("config", "print the resolved config as YAML", _cmd_config, cfg_help)
+    cfg = "[CONFIG.yaml] [dotted.key=value ...] [--address ADDR]"
+    add("train", "train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, cfg)
+    add("resume", "continue a run from its newest complete checkpoint", _cmd_resume,
+        "RUN_DIR [dotted.key=value ...] [--address ADDR]")  # fmt: skip
+    add("submit", "submit a training job to a Ray cluster", _cmd_submit,
+        "--address http://HEAD:8265 [CONFIG.yaml] [dotted.key=value ...] [--no-wait]")  # fmt: skip
+    add("jobs", "list, inspect, follow or stop submitted jobs", _cmd_jobs,
+        "list | status JOB_ID | logs JOB_ID | stop JOB_ID, with --address http://HEAD:8265")  # fmt: skip
+    add("export", "write a checkpoint's weights as safetensors", _cmd_export,
+        "RUN_OR_CHECKPOINT --out DIR")  # fmt: skip
     add("data", "prepare data: tokenizer | text | images", _cmd_data, "see `gobig data --help`")
+    add("config", "print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]")
     return parser
 
 
@@ -85,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gobig: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from data_pipeline import DataError
+
+        if isinstance(exc, DataError):
+            print(f"gobig: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

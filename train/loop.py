@@ -8,8 +8,6 @@ knowing about Ray.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +19,10 @@ import torch
 from model import build_model
 from train import checkpoint as ckpt_io
 from train.config.schema import ExperimentConfig
+from train.control import CONTINUE, STOP, Control
 from train.data import build_loaders
 from train.deepspeed_config import deepspeed_config
-from train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from train.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
 from train.elastic import convert_to_universal, load_universal_into, needs_elastic_load
 from train.engine_safety import use_safe_checkpoint_loading
 from train.evaluate import evaluate
@@ -54,28 +53,12 @@ class FitResult:
 CheckpointCallback = Callable[[Path, dict[str, Any]], None]
 
 
-class StopFlag:
-    """Set by SIGTERM / SIGINT (or by a caller); checked at step boundaries."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signals reach only the main thread; callers set the flag instead
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.event.set())
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-
 def fit(
     config: ExperimentConfig,
     run_dir: str | Path,
     resume: bool = True,
     on_checkpoint: CheckpointCallback | None = None,
-    stop: StopFlag | None = None,
+    control: Control | None = None,
 ) -> FitResult:
     """Train `config` in `run_dir`, continuing from its newest complete checkpoint.
 
@@ -85,12 +68,13 @@ def fit(
         resume: continue from the newest complete checkpoint if there is one.
         on_checkpoint: called on every rank after each complete checkpoint
             with its path and the latest metrics.
-        stop: a flag that, once set, makes every rank checkpoint and return.
+        control: outside requests (signals, STOP file, preemption notices);
+            default: signals and the run directory's STOP file.
     """
     dist = init_distributed()
     run_dir = Path(run_dir)
-    stop = stop or StopFlag()
-    stop.install_signal_handlers()
+    control = control or Control(run_dir)
+    control.install_signal_handlers()
 
     resume_from = ckpt_io.newest_complete(run_dir, warn=dist.is_main) if resume else None
     meta = ckpt_io.read_meta(resume_from) if resume_from else None
@@ -168,7 +152,8 @@ def fit(
         state.window_data += data_wait
         state.window_time += time.perf_counter() - t0
         is_last = state.step == config.train.max_steps
-        stop_now = _agree_to_stop(stop, dist)
+        request = _agree(control.poll(state.step), dist)
+        stop_now = request == STOP
 
         if state.step % config.train.log_every == 0 or is_last or stop_now:
             record = _train_record(engine, state, config, dist, model, flops_per_unit, peak)
@@ -181,7 +166,7 @@ def fit(
             )
             if eval_metrics:
                 log.log({"kind": "eval", "step": state.step, **eval_metrics})
-        if state.step % config.train.checkpoint_every == 0 or is_last or stop_now:
+        if state.step % config.train.checkpoint_every == 0 or is_last or request != CONTINUE:
             last_ckpt = save_checkpoint(
                 engine, train_loader, run_dir, state, config, dist, run_info.wandb_id
             )
@@ -222,10 +207,9 @@ class _LoopState:
         self.window_loss = 0.0
 
 
-def _agree_to_stop(stop: StopFlag, dist: DistInfo) -> bool:
-    # Every rank must stop at the same step, so the flag is reduced (max).
-    flagged = float(stop.is_set())
-    return all_reduce_sum([flagged], dist.device)[0] > 0
+def _agree(request: int, dist: DistInfo) -> int:
+    # Every rank must act at the same step: take the strongest request of any rank.
+    return int(all_reduce_max(float(request), dist.device))
 
 
 def _train_record(
@@ -284,7 +268,7 @@ def save_checkpoint(
                 "world_size": dist.world_size,
                 "zero_stage": config.zero.stage,
                 "config": config.to_dict(),
-                "tokenizer_hash": getattr(train_loader, "tokenizer_hash", None),
+                "tokenizer_hash": getattr(getattr(train_loader, "tokenizer", None), "hash", None),
                 "wandb_run_id": wandb_id,
                 "time": time.time(),
             },

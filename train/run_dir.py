@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from train.config.schema import ExperimentConfig
+from train.control import clear_stop
 from train.distributed import DistInfo
 from train.wandb_run import new_run_id
 
@@ -43,6 +44,7 @@ def prepare_run_dir(
     if not dist.is_main:
         return RunInfo(name=run_dir.name, wandb_id="")
     run_dir.mkdir(parents=True, exist_ok=True)
+    clear_stop(run_dir)  # a stop request belongs to the attempt that received it
     info_path = run_dir / RUN_INFO
     saved = json.loads(info_path.read_text()) if info_path.is_file() else {}
     wandb_id = (meta or {}).get("wandb_run_id") or saved.get("wandb_id") or new_run_id()

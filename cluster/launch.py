@@ -1,0 +1,161 @@
+"""`gobig train` and `gobig resume`: a config in, a Ray Train run out.
+
+The driver resolves the run directory, prepares built-in data once, starts
+(or joins) Ray, and runs a TorchTrainer whose workers call train.loop.fit.
+Ctrl-C or SIGTERM asks the workers to checkpoint and stop; a second one
+aborts.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from train.config.schema import ExperimentConfig
+from train.control import request_stop
+
+ABSOLUTE_PATH_KEYS = ("source", "val_source", "tokenizer")
+
+
+def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """Local data paths made absolute: workers do not share the driver's cwd."""
+    updates: dict[str, Any] = {}
+    for key in ABSOLUTE_PATH_KEYS:
+        value = getattr(config.data, key)
+        if value and Path(value).exists():
+            updates[key] = str(Path(value).resolve())
+    if not updates:
+        return config
+    return config.model_copy(update={"data": config.data.model_copy(update=updates)})
+
+
+def run_training(
+    config: ExperimentConfig,
+    run_dir: Path,
+    address: str | None = None,
+    resuming: bool = False,
+) -> int:
+    """Run (or continue) `config` in `run_dir` on Ray; returns the exit code.
+
+    Args:
+        config: the experiment.
+        run_dir: the run directory (created if new).
+        address: Ray cluster address; None for an embedded local Ray.
+        resuming: continue from the newest complete checkpoint.
+    """
+    from cluster.ray_session import ray_session
+
+    config = absolute_paths(config)
+    run_dir = Path(run_dir).resolve()
+    _prepare_data(config)
+    print(f"gobig: run directory {run_dir}", flush=True)
+    with ray_session(config, address) as where:
+        print(
+            f"gobig: {'resuming' if resuming else 'training'} {config.model.name} with "
+            f"{config.cluster.num_workers} worker(s), ZeRO-{config.zero.stage}, on {where}",
+            flush=True,
+        )
+        error = _fit_on_ray(config, run_dir)
+    if error is not None:
+        print(f"gobig: error: training failed: {error}", file=sys.stderr)
+        print(f"gobig: continue from the last checkpoint with: gobig resume {run_dir}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    _print_summary(run_dir)
+    return 0
+
+
+def _prepare_data(config: ExperimentConfig) -> None:
+    # Built-in corpora are prepared once here, not by every worker at once.
+    from data_pipeline import prepare_source
+
+    for source in (config.data.source, config.data.val_source):
+        if source:
+            prepare_source(source)
+
+
+def _fit_on_ray(config: ExperimentConfig, run_dir: Path) -> BaseException | None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.worker import train_worker
+
+    c = config.cluster
+    resources = {"CPU": c.cpus_per_worker, **c.resources_per_worker}
+    if c.use_gpu:
+        resources.setdefault("GPU", 1)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir)},
+        torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=c.num_workers,
+            use_gpu=c.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=c.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name="ray",
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=c.max_failures),
+        ),
+    )
+    with _stop_on_signals(run_dir):
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # Ray raises when the run fails for good
+            return exc
+    return result.error
+
+
+class _stop_on_signals:
+    """First Ctrl-C / SIGTERM: ask workers to checkpoint and stop. Second: abort."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.previous: dict[int, Any] = {}
+        self.asked = False
+
+    def __enter__(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        request_stop(self.run_dir)
+        print(
+            "\ngobig: stopping: workers will write a checkpoint and exit "
+            "(press Ctrl-C again to abort without one)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _print_summary(run_dir: Path) -> None:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return
+    result = json.loads(path.read_text())
+    state = "stopped early" if result["stopped_early"] else "finished"
+    lines = [f"gobig: run {state} at step {result['step']}"]
+    if result["final_loss"] is not None:
+        lines.append(f"  final loss       {result['final_loss']:.4f}")
+    lines += [f"  {k:<16} {v:.4f}" for k, v in result["eval"].items()]
+    lines += [
+        f"  throughput       {result['throughput']:,.0f} {result['unit']}/s",
+        f"  run directory    {run_dir}",
+        f"  metrics          {run_dir / 'metrics.jsonl'}",
+        f"  checkpoint       {result['last_checkpoint']}",
+    ]
+    if result["stopped_early"]:
+        lines.append(f"  continue with    gobig resume {run_dir}")
+    print("\n".join(lines), flush=True)

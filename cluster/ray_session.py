@@ -1,0 +1,68 @@
+"""Connecting to Ray: an existing cluster by address, or an embedded local one.
+
+The embedded cluster binds to 127.0.0.1, runs no dashboard, and is shut down
+when the command ends. A cluster address comes from `--address`, then
+`cluster.address`, then RAY_ADDRESS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from train.config import ConfigError
+from train.config.schema import ExperimentConfig
+
+
+# Workers print gobig's own lines once (Ray Train would otherwise also echo
+# every print through its logger).
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONWARNINGS": "ignore::FutureWarning"}
+
+
+def cluster_address(config: ExperimentConfig, cli_address: str | None = None) -> str | None:
+    """The Ray cluster to use, or None for an embedded local one."""
+    return cli_address or config.cluster.address or os.environ.get("RAY_ADDRESS") or None
+
+
+@contextlib.contextmanager
+def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
+    """Ray, connected for the duration of the block; yields a description.
+
+    An already-initialised Ray (a caller's own, e.g. in tests or notebooks)
+    is used as it is and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield "the current Ray session"
+        return
+    needed = config.cluster.num_workers * config.cluster.cpus_per_worker
+    if address is None:
+        cpus = os.cpu_count() or 1
+        if needed > cpus:
+            raise ConfigError(
+                f"cluster.num_workers x cluster.cpus_per_worker needs {needed:g} CPUs; "
+                f"this machine has {cpus} (lower them, or pass --address of a cluster)"
+            )
+        ray.init(
+            num_cpus=cpus,
+            # Ray Train's bookkeeping queries the state API, which lives in the
+            # dashboard process; it listens on loopback only.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": WORKER_ENV},
+        )
+        where = "embedded local Ray (127.0.0.1)"
+    else:
+        ray.init(
+            address=address, logging_level=logging.WARNING, runtime_env={"env_vars": WORKER_ENV}
+        )
+        where = f"Ray cluster at {address}"
+    try:
+        yield where
+    finally:
+        ray.shutdown()

@@ -1,0 +1,68 @@
+"""What each Ray Train worker runs: `train.loop.fit` with Ray's hooks.
+
+Every rank reports to Ray Train once per checkpoint (the same number of
+times on every rank, as Ray requires). Restarts after a failure call this
+again; `fit` then resumes from the run directory's newest complete
+checkpoint. Ray's preemption notice triggers a just-in-time checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+
+def train_worker(payload: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry point.
+
+    Args:
+        payload: {"config": ExperimentConfig.to_dict(), "run_dir": absolute path}.
+    """
+    import ray.train
+
+    from train.config import build_config
+    from train.control import Control
+    from train.loop import fit
+
+    config = build_config(payload["config"], origin="config from the driver")
+    run_dir = Path(payload["run_dir"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    _record_worker(run_dir, rank)
+
+    def report(_path: Path, metrics: dict[str, Any]) -> None:
+        ray.train.report({k: v for k, v in metrics.items() if v is not None})
+
+    control = Control(
+        run_dir,
+        preemption_probe=lambda: ray.train.get_preemption_info() is not None,
+        probe_every=config.train.log_every,
+    )
+    result = fit(config, run_dir, resume=True, on_checkpoint=report, control=control)
+    if result.is_main:
+        (run_dir / "result.json").write_text(
+            json.dumps(
+                {
+                    "step": result.step,
+                    "final_loss": result.final_loss,
+                    "throughput": result.tokens_per_s,
+                    "unit": result.unit,
+                    "stopped_early": result.stopped_early,
+                    "last_checkpoint": str(result.last_checkpoint),
+                    "eval": result.eval_metrics,
+                },
+                indent=1,
+            )
+        )
+
+
+def _record_worker(run_dir: Path, rank: int) -> None:
+    # Where each rank runs, for operators (and the failure tests): pid and host.
+    folder = run_dir / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank_{rank:05d}.json").write_text(
+        json.dumps({"rank": rank, "pid": os.getpid(), "host": socket.gethostname()})
+    )

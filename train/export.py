@@ -1,0 +1,220 @@
+"""`gobig export`: a checkpoint's weights as one safetensors file plus the model config.
+
+    gobig export RUN_OR_CHECKPOINT --out DIR
+
+writes DIR/model.safetensors (consolidated fp32 weights, named as `model/`
+names them) and DIR/config.json (the ModelConfig), loadable with
+`load_exported(DIR)` or by hand with `model.build_model` and safetensors, with
+no DeepSpeed. A run directory exports its newest complete checkpoint.
+
+Weights are the fp32 masters whatever the training precision: under ZeRO 1-3
+DeepSpeed's zero_to_fp32 gathers them from every rank's optimizer shard; at
+stage 0 they are the module itself (fp32) or the fp16/bf16 optimizer's fp32
+copies. Every file is read with `torch.load(weights_only=True)`: nothing in a
+checkpoint is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model import ModelConfig, build_model
+from train import checkpoint as ckpt_io
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class ExportError(ValueError):
+    """A path that cannot be exported; str() is a one-line message naming it."""
+
+
+def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
+    """The checkpoint directory `run_or_checkpoint` names (a run: its newest complete one)."""
+    path = Path(run_or_checkpoint)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such run or checkpoint directory")
+    if (path / ckpt_io.META).is_file() or (path / ckpt_io.ENGINE_TAG).is_dir():
+        reason = ckpt_io.verify(path)
+        if reason is not None:
+            raise ExportError(f"{path}: checkpoint is not usable ({reason})")
+        return path
+    if not (path / ckpt_io.CHECKPOINTS).is_dir():
+        raise ExportError(f"{path}: neither a gobig run directory nor a checkpoint")
+    ckpt = ckpt_io.newest_complete(path)
+    if ckpt is None:
+        raise ExportError(f"{path}: no complete checkpoint to export")
+    return ckpt
+
+
+def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
+    """Write `model.safetensors` and `config.json` for a checkpoint into `out_dir`.
+
+    Args:
+        run_or_checkpoint: a run directory (its newest complete checkpoint is
+            used) or one checkpoint directory.
+        out_dir: created if needed; the two files in it are replaced.
+
+    Returns:
+        The checkpoint directory that was exported.
+    """
+    ckpt = resolve_checkpoint(run_or_checkpoint)
+    meta = ckpt_io.read_meta(ckpt)
+    try:
+        model_config = ModelConfig(**meta["config"]["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{ckpt}: {ckpt_io.META} holds no usable model config ({exc})") from None
+    stage = int(meta.get("zero_stage", 0))
+    state = _stage0_state_dict(ckpt, model_config) if stage == 0 else _zero_state_dict(ckpt)
+
+    model = build_model(model_config)
+    state = _strip_wrapper(state)
+    _tie_aliases(model, state)
+    # strict: a missing or extra tensor means the checkpoint is not this model.
+    model.load_state_dict(state, strict=True)
+
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "step": str(meta.get("step", "")),
+        "tokenizer_hash": str(meta.get("tokenizer_hash") or ""),
+        "checkpoint": str(ckpt),
+    }
+    # save_model stores a tied weight (GPT's LM head, BERT's decoder) once.
+    save_model(model, str(out_dir / WEIGHTS_FILE), metadata=info)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=1) + "\n")
+    return ckpt
+
+
+def load_exported(export_dir: Path) -> nn.Module:
+    """The model an export describes, weights loaded, in eval mode (no DeepSpeed needed).
+
+    Args:
+        export_dir: a directory written by `export_checkpoint`.
+    """
+    from safetensors.torch import load_model
+
+    export_dir = Path(export_dir)
+    config = ModelConfig(**json.loads((export_dir / CONFIG_FILE).read_text()))
+    model = build_model(config)
+    load_model(model, export_dir / WEIGHTS_FILE, strict=True)
+    return model.eval()
+
+
+def _strip_wrapper(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from train.task import strip_wrapper_prefix
+
+    return {k: v.float() for k, v in strip_wrapper_prefix(state).items()}
+
+
+def _tie_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    # A tied weight has two names; both must carry the value of the first one
+    # (the one the optimizer updated), or loading would overwrite it.
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            state[name] = state[first[id(param)]]
+        else:
+            first[id(param)] = name
+
+
+def _zero_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights of a ZeRO 1-3 checkpoint, gathered from every rank's shard."""
+    from deepspeed.utils import zero_to_fp32
+
+    # zero_to_fp32 calls torch.load(weights_only=False); route it through the
+    # weights-only loader instead, and keep its progress prints off stdout.
+    with _weights_only_torch_load(zero_to_fp32), contextlib.redirect_stdout(io.StringIO()):
+        return zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
+            str(ckpt), tag=ckpt_io.ENGINE_TAG
+        )
+
+
+@contextlib.contextmanager
+def _weights_only_torch_load(module: Any):
+    from train.engine_safety import safe_load
+
+    real = module.torch
+
+    class _Torch:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def load(f: Any, map_location: Any = None, **_: Any) -> Any:
+            return safe_load(f, map_location=map_location)
+
+    module.torch = _Torch()
+    try:
+        yield
+    finally:
+        module.torch = real
+
+
+def _stage0_state_dict(ckpt: Path, model_config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Weights of a stage-0 checkpoint: the module, or the fp32 masters under bf16/fp16."""
+    from train.engine_safety import safe_load
+
+    path = ckpt / ckpt_io.ENGINE_TAG / "mp_rank_00_model_states.pt"
+    if not path.is_file():
+        raise ExportError(f"{ckpt}: missing {path.relative_to(ckpt)}")
+    saved = safe_load(path, map_location="cpu")
+    state = dict(saved["module"])
+    fp32_groups = (saved.get("optimizer") or {}).get("fp32_groups")
+    if fp32_groups is not None:
+        order, masters = _optimizer_order(model_config), _flat(fp32_groups)
+        if len(order) != len(masters):
+            raise ExportError(f"{ckpt}: {len(masters)} fp32 masters for {len(order)} parameters")
+        for name, master in zip(order, masters, strict=True):
+            if master.shape != state[name].shape:
+                raise ExportError(f"{ckpt}: fp32 master of {name} does not match its shape")
+            state[name] = master
+    return state
+
+
+def _flat(groups: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    return [t for group in groups for t in group]
+
+
+def _optimizer_order(model_config: ModelConfig) -> list[str]:
+    # The fp16/bf16 optimizer keeps one fp32 copy per parameter, in the order of
+    # train/optim.py's groups (empty groups dropped): rebuild that order by name.
+    from train.optim import param_groups
+    from train.task import TrainingModule
+
+    module = TrainingModule(build_model(model_config))
+    names = {id(p): n for n, p in module.named_parameters()}
+    groups = param_groups(module, weight_decay=0.0)  # the split does not depend on it
+    return [names[id(p)] for group in groups for p in group["params"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`gobig export RUN_OR_CHECKPOINT --out DIR`; exit 2 with one line on bad input."""
+    parser = argparse.ArgumentParser(
+        prog="gobig export", description="consolidated safetensors weights + model config"
+    )
+    parser.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run or checkpoint dir")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    ns = parser.parse_args(argv)
+    try:
+        ckpt = export_checkpoint(Path(ns.path), Path(ns.out))
+    except (ExportError, ckpt_io.CheckpointError) as exc:
+        print(f"gobig: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {ckpt} to {ns.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
