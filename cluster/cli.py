@@ -104,11 +104,15 @@ def _cmd_submit(ns: argparse.Namespace) -> int:
 
     address, args = pop_option(ns.args, "--address")
     no_wait, args = pop_flag(args, "--no-wait")
+    no_requirements, args = pop_flag(args, "--no-requirements")
     if not address:
         raise UsageError("gobig submit needs --address http://HEAD:8265")
     path, overrides = split_config_and_overrides(args)
     load_config(path, overrides)  # fail here, not on the cluster
-    return submit(address, path, overrides, wait=not no_wait, repo_root=REPO_ROOT)
+    return submit(
+        address, path, overrides, wait=not no_wait, repo_root=REPO_ROOT,
+        with_requirements=not no_requirements,
+    )  # fmt: skip
 
 
 def _cmd_jobs(ns: argparse.Namespace) -> int:
@@ -132,38 +136,48 @@ def _cmd_data(ns: argparse.Namespace) -> int:
     return data_main(ns.args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gobig",
-        description="Train GPT, BERT and ViT models with DeepSpeed ZeRO workers on Ray.",
-        epilog="Run `gobig COMMAND --help` for a command's arguments.",
+CONFIG_ARGS = "[CONFIG.yaml] [dotted.key=value ...] [--address ADDR]"
+COMMANDS = {
+    "train": ("train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, CONFIG_ARGS),
+    "resume": ("continue a run from its newest complete checkpoint", _cmd_resume,
+               "RUN_DIR [dotted.key=value ...] [--address ADDR]"),
+    "submit": ("submit a training job to a Ray cluster", _cmd_submit,
+               "--address http://HEAD:8265 [CONFIG.yaml] [key=value ...] [--no-wait] "
+               "[--no-requirements]"),
+    "jobs": ("list, inspect, follow or stop submitted jobs", _cmd_jobs,
+             "list | status JOB_ID | logs JOB_ID | stop JOB_ID  --address http://HEAD:8265"),
+    "export": ("write a checkpoint's weights as safetensors", _cmd_export,
+               "RUN_OR_CHECKPOINT --out DIR"),
+    "data": ("prepare data: tokenizer | text | images", _cmd_data, "tokenizer|text|images ..."),
+    "config": ("print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]"),
+}  # fmt: skip
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    rows = [f"  {name:<{width}}  {help_text}" for name, (help_text, _, _) in COMMANDS.items()]
+    return (
+        "usage: gobig COMMAND [ARGS ...]\n\n"
+        "Train GPT, BERT and ViT models with DeepSpeed ZeRO workers on Ray.\n\n"
+        "commands:\n" + "\n".join(rows) + "\n\nRun `gobig COMMAND --help` for its arguments."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help_text: str, func, args_help: str) -> None:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("args", nargs=argparse.REMAINDER, help=args_help)
-        p.set_defaults(func=func)
-
-    cfg = "[CONFIG.yaml] [dotted.key=value ...] [--address ADDR]"
-    add("train", "train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, cfg)
-    add("resume", "continue a run from its newest complete checkpoint", _cmd_resume,
-        "RUN_DIR [dotted.key=value ...] [--address ADDR]")  # fmt: skip
-    add("submit", "submit a training job to a Ray cluster", _cmd_submit,
-        "--address http://HEAD:8265 [CONFIG.yaml] [dotted.key=value ...] [--no-wait]")  # fmt: skip
-    add("jobs", "list, inspect, follow or stop submitted jobs", _cmd_jobs,
-        "list | status JOB_ID | logs JOB_ID | stop JOB_ID, with --address http://HEAD:8265")  # fmt: skip
-    add("export", "write a checkpoint's weights as safetensors", _cmd_export,
-        "RUN_OR_CHECKPOINT --out DIR")  # fmt: skip
-    add("data", "prepare data: tokenizer | text | images", _cmd_data, "see `gobig data --help`")
-    add("config", "print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"gobig: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    help_text, func, args_help = COMMANDS[command]
+    if rest in (["-h"], ["--help"]) and command != "data":
+        print(f"usage: gobig {command} {args_help}\n\n{help_text}")
+        return 0
     try:
-        return ns.func(ns)
+        return func(argparse.Namespace(args=rest))
     except (ConfigError, UsageError) as exc:
         print(f"gobig: error: {exc}", file=sys.stderr)
         return 2
@@ -171,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print("gobig: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from cluster.jobs import JobsError
         from data_pipeline import DataError
 
-        if isinstance(exc, DataError):
+        if isinstance(exc, DataError | JobsError):
             print(f"gobig: error: {exc}", file=sys.stderr)
             return 2
         raise

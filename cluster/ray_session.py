@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from train.config import ConfigError
 from train.config.schema import ExperimentConfig
 
-
 # Workers print gobig's own lines once (Ray Train would otherwise also echo
 # every print through its logger).
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONWARNINGS": "ignore::FutureWarning"}
@@ -58,9 +57,11 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
         )
         where = "embedded local Ray (127.0.0.1)"
     else:
-        ray.init(
-            address=address, logging_level=logging.WARNING, runtime_env={"env_vars": WORKER_ENV}
-        )
+        # A submitted job already carries WORKER_ENV in its own runtime env (and
+        # Ray refuses to merge the same keys twice).
+        in_job = all(os.environ.get(k) == v for k, v in WORKER_ENV.items())
+        runtime_env = None if in_job else {"env_vars": WORKER_ENV}
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
         where = f"Ray cluster at {address}"
     try:
         yield where
