@@ -60,9 +60,16 @@ def train_worker(payload: dict[str, Any]) -> None:
 
 
 def _record_worker(run_dir: Path, rank: int) -> None:
-    # Where each rank runs, for operators (and the failure tests): pid and host.
+    # Where each rank runs, for operators (and the failure tests): Ray node,
+    # host and pid of the latest attempt.
+    import ray
+
     folder = run_dir / "workers"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank_{rank:05d}.json").write_text(
-        json.dumps({"rank": rank, "pid": os.getpid(), "host": socket.gethostname()})
-    )
+    record = {
+        "rank": rank,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+    (folder / f"rank_{rank:05d}.json").write_text(json.dumps(record))

@@ -45,6 +45,10 @@ def build_loaders(config: ExperimentConfig, dist: DistInfo) -> tuple[Any, EvalBa
     else:
         common.update(seq_len=config.model.max_seq_len, shuffle_buffer=config.data.shuffle_buffer)
     if family == "bert":
+        if config.model.pair_head == "nsp":
+            raise ConfigError(
+                "model.pair_head: the text loader builds sentence-order pairs; use sop, or none"
+            )
         common.update(pairs=config.model.pair_head != "none", mask_prob=config.data.mlm_probability)
 
     train_loader = build_loader(family, config.data.source, split="train", **common)

@@ -48,7 +48,9 @@ def evaluate(
             n = int(mask.sum().item())
             if family == "bert":
                 correct += (out.logits.argmax(-1)[mask] == labels[mask]).sum().item()
-        loss_sum += out.loss.float().item() * n
+        # BERT's loss adds the pair head's (SOP/NSP); val_loss is the masked-LM part.
+        loss = out.metrics.get("mlm_loss", out.loss) if family == "bert" else out.loss
+        loss_sum += loss.float().item() * n
         count += n
     if was_training:
         engine.train()

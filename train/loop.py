@@ -141,6 +141,8 @@ def fit(
             batch = to_device(batch, dist.device)
             out = engine(batch)
             engine.backward(out.loss)
+            if engine.is_gradient_accumulation_boundary():
+                state.grad_norm = _untracked_grad_norm(engine)
             engine.step()
             loss_acc += out.loss.detach().double()
         state.step += 1
@@ -200,11 +202,24 @@ class _LoopState:
     window_data: float = 0.0
     window_time: float = 0.0
     window_loss: torch.Tensor | float = 0.0
+    grad_norm: torch.Tensor | None = None  # see _untracked_grad_norm
 
     def reset_window(self) -> None:
         self.window_units = self.window_steps = 0
         self.window_data = self.window_time = 0.0
         self.window_loss = 0.0
+
+
+def _untracked_grad_norm(engine: Any) -> torch.Tensor | None:
+    # DeepSpeed's optimizers (ZeRO, bf16/fp16 wrappers) record the global grad
+    # norm; a plain torch optimizer (ZeRO-0 in fp32) does not, so measure it
+    # here, after backward (gradients already averaged over ranks), before step.
+    if hasattr(engine.optimizer, "_global_grad_norm"):
+        return None
+    norms = [
+        p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None
+    ]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
 
 def _agree(request: int, dist: DistInfo) -> int:
@@ -221,6 +236,8 @@ def _train_record(
     step_time = state.window_time / max(1, state.window_steps)
     rate = state.window_units / state.window_time if state.window_time > 0 else 0.0
     grad_norm = engine.get_global_grad_norm()
+    if grad_norm is None:
+        grad_norm = state.grad_norm
     record: dict[str, Any] = {
         "kind": "train",
         "step": state.step,
@@ -253,6 +270,9 @@ def save_checkpoint(
 ) -> Path:  # fmt: skip
     """Write every rank's part, flush, then (rank 0) mark complete and prune."""
     ckpt = ckpt_io.step_dir(run_dir, state.step)
+    # Rewriting a step in place (after falling back past a broken checkpoint):
+    # the old marker must not vouch for half-rewritten files.
+    (ckpt / ckpt_io.MARKER).unlink(missing_ok=True)
     engine.save_checkpoint(str(ckpt), tag=ckpt_io.ENGINE_TAG, save_latest=False)
     ckpt_io.save_rank_state(
         ckpt, dist.rank, {"data": train_loader.state_dict(), "rng": capture_rng()}

@@ -39,7 +39,9 @@ class DataConfig(Section):
     tokenizer: str | None = Field(
         None, description="sentencepiece model; default: the one recorded with the source"
     )
-    num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes per rank (0: load in the trainer)"
+    )
     shuffle_buffer: int = Field(1024, ge=0, description="samples in the shuffle buffer")
     on_error: Literal["raise", "skip"] = "raise"
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="BERT masking rate")

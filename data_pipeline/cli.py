@@ -1,0 +1,137 @@
+"""`gobig data ...`: train a tokenizer, write text or image shards.
+
+    gobig data tokenizer --input PATH... --vocab-size N --model-type bpe --out DIR
+    gobig data text --input PATH_OR_GLOB... --tokenizer MODEL --out DIR [--val-fraction F]
+    gobig data images --input FOLDER_OR_TAR --out DIR [--image-size N] [--val-fraction F]
+
+Bad input prints one line on stderr naming the file and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_pipeline.errors import DataError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gobig data", description="Prepare tokenizers and WebDataset shards."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tok = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer")
+    tok.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH", help="text files, globs or directories"
+    )
+    tok.add_argument("--vocab-size", type=int, required=True)
+    tok.add_argument("--model-type", choices=("bpe", "unigram", "char"), default="bpe")
+    tok.add_argument("--out", required=True, help="directory for tokenizer.model/.json")
+    tok.add_argument(
+        "--max-sentences", type=int, default=300_000, help="cap on sampled training lines"
+    )
+
+    text = sub.add_parser("text", help="tokenize documents into WebDataset shards")
+    text.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB")
+    text.add_argument("--tokenizer", required=True, help="tokenizer.model (or its directory)")
+    text.add_argument("--out", required=True)
+    text.add_argument("--val-fraction", type=float, default=0.0)
+    text.add_argument("--shard-size", default="64MB", help="bytes per shard, e.g. 64MB")
+    text.add_argument(
+        "--split-docs",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="what one document is (.jsonl: always one per line)",
+    )
+    text.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
+    text.add_argument("--overwrite", action="store_true")
+    text.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    img = sub.add_parser("images", help="write an ImageFolder (dir or .tar) as shards")
+    img.add_argument("--input", required=True, metavar="FOLDER_OR_TAR")
+    img.add_argument("--out", required=True)
+    img.add_argument("--image-size", type=int, default=None, help="resize to N x N")
+    img.add_argument("--val-fraction", type=float, default=0.0)
+    img.add_argument("--shard-size", default="64MB")
+    img.add_argument(
+        "--max-per-class", type=int, default=None, help="keep the first N images of each class"
+    )
+    img.add_argument("--workers", type=int, default=None)
+    img.add_argument("--overwrite", action="store_true")
+    img.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> str:
+    if args.command == "tokenizer":
+        from data_pipeline.text_shards import expand_inputs
+        from data_pipeline.tokenizer import train_tokenizer
+
+        tok = train_tokenizer(
+            expand_inputs(args.input),
+            args.out,
+            vocab_size=args.vocab_size,
+            model_type=args.model_type,
+            max_sentences=args.max_sentences,
+        )
+        return f"tokenizer {tok.path}: vocab {tok.vocab_size}, hash {tok.hash}"
+    if args.command == "text":
+        from data_pipeline.text_shards import write_text_shards
+
+        man = write_text_shards(
+            args.input,
+            args.tokenizer,
+            args.out,
+            val_fraction=args.val_fraction,
+            shard_size=args.shard_size,
+            doc_split=args.split_docs,
+            workers=args.workers,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+        )
+        splits = man.to_json()["splits"]
+        return f"{args.out}: " + ", ".join(
+            f"{s} {v['shards']} shards {v['samples']} docs {v['tokens']} tokens"
+            for s, v in splits.items()
+        )
+    from data_pipeline.image_shards import write_image_shards
+
+    man = write_image_shards(
+        args.input,
+        args.out,
+        image_size=args.image_size,
+        val_fraction=args.val_fraction,
+        shard_size=args.shard_size,
+        max_per_class=args.max_per_class,
+        workers=args.workers,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    splits = man.to_json()["splits"]
+    return f"{args.out}: {len(man.classes)} classes, " + ", ".join(
+        f"{s} {v['shards']} shards {v['samples']} images" for s, v in splits.items()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `gobig data` with `argv` (default: sys.argv[1:]); the exit status.
+
+    Args:
+        argv: arguments after `gobig data`.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        print(_run(args))
+    except DataError as exn:
+        print(f"gobig data {args.command}: error: {exn}", file=sys.stderr)
+        return 2
+    except OSError as exn:  # e.g. an output directory that cannot be written
+        where = f" {exn.filename}" if exn.filename else ""
+        print(f"gobig data {args.command}: error:{where} {exn.strerror or exn}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

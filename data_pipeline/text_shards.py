@@ -1,0 +1,191 @@
+"""Text shard writer: documents -> sentencepiece ids -> WebDataset shards + manifest.
+
+Each sample is one document: `{"__key__": "000000042", "tokens.npy": <npy bytes>}`, the
+token ids as a little-endian uint16 (uint32 when the vocabulary needs it) `.npy` array,
+written with `allow_pickle=False`. Documents are tokenized in a process pool (ordered
+`imap`), so the output is byte-identical whatever the number of workers.
+
+Validation documents are chosen by position: document i goes to "val" when
+floor((i+1)*F) > floor(i*F), i.e. exactly floor(N*F) documents, evenly spread.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_pipeline.errors import DataError
+from data_pipeline.manifest import Manifest
+from data_pipeline.shard_writer import SplitShardWriter, parse_size, prepare_out_dir
+from data_pipeline.tokenizer import INFO_FILE, MODEL_FILE, Tokenizer
+
+DOC_SPLITS = ("file", "paragraph", "line")
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Smallest little-endian unsigned dtype holding every id of the vocabulary."""
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files named by paths, globs and directories (recursively), each group sorted.
+
+    Args:
+        inputs: paths, glob patterns or directories, in the order given.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        if any(c in item for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise DataError(f"input pattern matched no files: {item}")
+            files.extend(found)
+        elif os.path.isdir(item):
+            files.extend(
+                sorted(
+                    p for p in Path(item).rglob("*") if p.is_file() and not p.name.startswith(".")
+                )
+            )
+        elif os.path.isfile(item):
+            files.append(Path(item))
+        else:
+            raise DataError(f"input not found: {item}")
+    if not files:
+        raise DataError("no input files")
+    return files
+
+
+def iter_documents(files: list[Path], doc_split: str = "file") -> Iterator[str]:
+    """Documents of the input files: whole files, blank-line paragraphs or lines.
+
+    `.jsonl` files give one document per line (its "text" field) whatever `doc_split` is.
+    """
+    if doc_split not in DOC_SPLITS:
+        raise DataError(f"--split-docs must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exn:
+            raise DataError(f"cannot read input {path}: {exn.strerror}") from None
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)["text"]
+                    except (ValueError, KeyError, TypeError):
+                        raise DataError(
+                            f"{path}:{n}: expected a JSON object with a 'text' field"
+                        ) from None
+            continue
+        if doc_split == "file":
+            parts = [text]
+        elif doc_split == "paragraph":
+            parts = _PARAGRAPH.split(text)
+        else:
+            parts = text.splitlines()
+        yield from (p for p in parts if p.strip())
+
+
+_worker_tok: Tokenizer | None = None
+
+
+def _init_worker(model_path: str) -> None:
+    global _worker_tok
+    _worker_tok = Tokenizer(model_path)
+
+
+def _encode_doc(text: str) -> tuple[bytes, int]:
+    assert _worker_tok is not None
+    ids = np.asarray(_worker_tok.encode(text), dtype=token_dtype(_worker_tok.vocab_size))
+    buf = io.BytesIO()
+    np.save(buf, ids, allow_pickle=False)
+    return buf.getvalue(), int(ids.size)
+
+
+def is_val(index: int, val_fraction: float) -> bool:
+    """Whether item `index` belongs to the validation split (evenly spread, exact count)."""
+    return int((index + 1) * val_fraction) > int(index * val_fraction)
+
+
+def write_text_shards(
+    inputs: list[str],
+    tokenizer: str | Path,
+    out_dir: str | Path,
+    *,
+    val_fraction: float = 0.0,
+    shard_size: str | int = "64MB",
+    doc_split: str = "file",
+    workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Manifest:
+    """Tokenize documents into `train-NNNNNN.tar` / `val-NNNNNN.tar` shards plus manifest.
+
+    Args:
+        inputs: files, globs or directories of UTF-8 text (`.jsonl`: {"text": ...} lines).
+        tokenizer: sentencepiece model file (or directory holding `tokenizer.model`).
+        out_dir: output directory; also receives a copy of the tokenizer.
+        val_fraction: share of documents for the "val" split, in [0, 1).
+        shard_size: bytes per shard (archive size), e.g. "64MB".
+        doc_split: "file", "paragraph" (blank-line separated) or "line".
+        workers: tokenizer processes (default: all cores).
+        progress: show a tqdm bar on stderr.
+        overwrite: replace an earlier dataset in `out_dir`.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    tok = Tokenizer(tokenizer)
+    max_bytes = parse_size(shard_size)
+    files = expand_inputs(inputs)
+    out = prepare_out_dir(out_dir, overwrite)
+    shutil.copyfile(tok.path, out / MODEL_FILE)
+    (out / INFO_FILE).write_text(json.dumps(tok.info(), indent=2, sort_keys=True) + "\n")
+    writers = {s: SplitShardWriter(out, s, max_bytes, tok.hash) for s in ("train", "val")}
+    docs = iter_documents(files, doc_split)
+    workers = max(1, workers or os.cpu_count() or 1)
+    if multiprocessing.current_process().daemon:  # daemons (DataLoader workers) can't fork
+        workers = 1
+    bar = tqdm(desc="tokenizing", unit="doc", file=sys.stderr, disable=not progress)
+    pool = None
+    if workers > 1:
+        ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok.path),))
+        encoded = pool.imap(_encode_doc, docs, chunksize=8)
+    else:
+        _init_worker(str(tok.path))
+        encoded = map(_encode_doc, docs)
+    counters = {"train": 0, "val": 0}
+    try:
+        for i, (npy, n_tokens) in enumerate(encoded):
+            split = "val" if is_val(i, val_fraction) else "train"
+            key = f"{counters[split]:09d}"
+            counters[split] += 1
+            writers[split].write({"__key__": key, "tokens.npy": npy}, tokens=n_tokens)
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    shards = writers["train"].close() + writers["val"].close()
+    if not shards:
+        raise DataError("the inputs hold no documents (all empty)")
+    manifest = Manifest(
+        kind="text",
+        shards=shards,
+        dtype=token_dtype(tok.vocab_size).name,
+        tokenizer={"hash": tok.hash, "vocab_size": tok.vocab_size, "file": MODEL_FILE},
+    )
+    manifest.save(out)
+    return manifest
