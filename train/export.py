@@ -78,9 +78,13 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
 
     model = build_model(model_config)
     state = _strip_wrapper(state)
-    _tie_aliases(model, state)
-    # strict: a missing or extra tensor means the checkpoint is not this model.
-    model.load_state_dict(state, strict=True)
+    try:
+        _tie_aliases(model, state)
+        # strict: a missing or extra tensor means the checkpoint is not this model.
+        model.load_state_dict(state, strict=True)
+    except (KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ExportError(f"{ckpt}: weights do not fit its model config ({first_line})") from None
 
     from safetensors.torch import save_model
 
@@ -134,8 +138,9 @@ def _zero_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils import zero_to_fp32
 
     # zero_to_fp32 calls torch.load(weights_only=False); route it through the
-    # weights-only loader instead, and keep its progress prints off stdout.
-    with _weights_only_torch_load(zero_to_fp32), contextlib.redirect_stdout(io.StringIO()):
+    # weights-only loader instead, and keep its progress prints to itself.
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with _weights_only_torch_load(zero_to_fp32), quiet[0], quiet[1]:
         return zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
             str(ckpt), tag=ckpt_io.ENGINE_TAG
         )

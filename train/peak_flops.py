@@ -31,8 +31,10 @@ def measure_matmul_flops(
     The best trial, not the mean: a peak is what the hardware can do, and a
     neighbour's burst of load should not lower it.
     """
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # A private generator: measuring must not move the training RNG (dropout).
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
     for _ in range(3):  # warm-up: allocator, kernel selection, clocks
         a @ b
     best = 0.0
