@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,8 @@ class _stop_on_signals:
         self.asked = False
 
     def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach only the main thread (e.g. gobig driven from a thread)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self._handle)
 

@@ -50,3 +50,25 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+BASELINE_STEPS = 8
+
+
+def two_workers(run_root: Path, name: str) -> list[str]:
+    return [
+        "cluster.num_workers=2", "zero.stage=2", f"run.dir={run_root}", f"run.name={name}",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def gpt_run(text_dataset, tmp_path_factory) -> Path:
+    """An uninterrupted 2-worker GPT run: the reference for the failure tests."""
+    root = tmp_path_factory.mktemp("runs")
+    proc = gobig(
+        "train", *text_overrides(text_dataset), *two_workers(root, "baseline"),
+        f"train.max_steps={BASELINE_STEPS}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"run finished at step {BASELINE_STEPS}" in proc.stdout
+    return root / "baseline"

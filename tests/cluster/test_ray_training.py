@@ -16,35 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import (
-    ROOT, TINY, gobig, text_overrides, train_losses, wait_for,
+    BASELINE_STEPS, ROOT, TINY, gobig, text_overrides, train_losses, two_workers, wait_for,
 )  # fmt: skip
 from train.checkpoint import list_checkpoints, newest_complete, verify
 from train.metrics_log import read_metrics
 
 pytestmark = pytest.mark.timeout(600)
-BASELINE_STEPS = 8
 
 
-def _two_workers(run_root: Path, name: str) -> list[str]:
-    return [
-        "cluster.num_workers=2", "zero.stage=2", f"run.dir={run_root}", f"run.name={name}",
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def gpt_run(text_dataset, tmp_path_factory) -> Path:
-    """An uninterrupted 2-worker GPT run: the reference for the failure tests."""
-    root = tmp_path_factory.mktemp("runs")
-    proc = gobig(
-        "train", *text_overrides(text_dataset), *_two_workers(root, "baseline"),
-        f"train.max_steps={BASELINE_STEPS}",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"run finished at step {BASELINE_STEPS}" in proc.stdout
-    return root / "baseline"
-
-
-def test_gpt_end_to_end_on_two_workers(gpt_run):
+def test_gpt_end_to_end_ontwo_workers(gpt_run):
     losses = train_losses(gpt_run)
     assert sorted(losses) == list(range(1, BASELINE_STEPS + 1))
     assert losses[BASELINE_STEPS] < losses[1]
@@ -63,7 +43,7 @@ def test_bert_and_vit_end_to_end(family, text_dataset, image_dataset, tmp_path):
     else:
         overrides = ["model.name=vit-tiny", *TINY, f"data.source={image_dataset}",
                      "model.max_seq_len=65", "model.patch_size=8"]  # fmt: skip
-    proc = gobig("train", *overrides, *_two_workers(tmp_path, family), "train.max_steps=4")
+    proc = gobig("train", *overrides, *two_workers(tmp_path, family), "train.max_steps=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = read_metrics(tmp_path / family)
     evals = [r for r in records if r["kind"] == "eval"]
@@ -90,7 +70,7 @@ def test_sigkilled_worker_recovers_with_identical_losses(gpt_run, text_dataset, 
     killer = threading.Thread(target=kill_rank_one, daemon=True)
     killer.start()
     proc = gobig(
-        "train", *text_overrides(text_dataset), *_two_workers(tmp_path, "killed"),
+        "train", *text_overrides(text_dataset), *two_workers(tmp_path, "killed"),
         f"train.max_steps={BASELINE_STEPS}", "cluster.max_failures=2",
     )  # fmt: skip
     killer.join(timeout=5)
@@ -124,7 +104,7 @@ def test_sigterm_on_the_driver_checkpoints_and_stops(text_dataset, tmp_path):
     run_dir = tmp_path / "stopped"
     driver = subprocess.Popen(
         [sys.executable, "-m", "cluster.cli", "train", *text_overrides(text_dataset),
-         *_two_workers(tmp_path, "stopped"), "train.max_steps=1000",
+         *two_workers(tmp_path, "stopped"), "train.max_steps=1000",
          "train.checkpoint_every=1000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -1,0 +1,88 @@
+"""`gobig submit` and `gobig jobs` against a local Ray head with its dashboard
+(started and stopped by the test), with Ray's token authentication on."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import gobig, text_overrides, train_losses, wait_for
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    ray_bin = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "ray"
+    ray_cmd = str(ray_bin) if ray_bin.is_file() else shutil.which("ray")
+    temp_dir = tempfile.mkdtemp(prefix="gbray", dir="/tmp")  # unix socket paths stay short
+    dash_port = _free_port()
+    head = subprocess.Popen(
+        [ray_cmd, "start", "--head", "--block", f"--port={_free_port()}",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash_port}", f"--ray-client-server-port={_free_port()}",
+         "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        wait_for(lambda: gobig("jobs", "list", "--address", address, timeout=60).returncode == 0,
+                 120, "the Ray dashboard", interval=1.0)  # fmt: skip
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _token() -> str | None:
+    path = Path.home() / ".ray" / "auth_token"
+    return os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.is_file() else None)
+
+
+def test_submit_follow_list_status_logs(ray_head, text_dataset, tmp_path):
+    overrides = [*text_overrides(text_dataset), "cluster.num_workers=2", "train.max_steps=4",
+                 f"run.dir={tmp_path}", "run.name=submitted"]  # fmt: skip
+    submitted = gobig("submit", "--address", ray_head, *overrides, timeout=600)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
+    assert "run finished at step 4" in submitted.stdout  # followed the job's own output
+    assert f"job {job_id} SUCCEEDED" in submitted.stdout
+    assert sorted(train_losses(tmp_path / "submitted")) == [1, 2, 3, 4]
+
+    listed = gobig("jobs", "list", "--address", ray_head)
+    assert job_id in listed.stdout
+    status = gobig("jobs", "status", job_id, "--address", ray_head)
+    assert status.stdout.strip() == "SUCCEEDED"
+    logs = gobig("jobs", "logs", job_id, "--address", ray_head, timeout=120)
+    assert "run finished at step 4" in logs.stdout
+
+    token = _token()
+    if token:
+        for proc in (submitted, listed, status, logs):
+            assert token not in proc.stdout + proc.stderr
+
+
+def test_submit_without_token_is_one_clear_line(ray_head, tmp_path):
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-cluster-token"}
+    proc = gobig("jobs", "list", "--address", ray_head, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("gobig: error:") and "Traceback" not in proc.stderr
+    assert "not-the-cluster-token" not in proc.stdout + proc.stderr
