@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,10 +27,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
-    ray_bin = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "ray"
+    ray_bin = Path(sys.executable).parent / "ray"  # the ray CLI beside this interpreter
     ray_cmd = str(ray_bin) if ray_bin.is_file() else shutil.which("ray")
+    assert ray_cmd, "the ray command is not installed"
     temp_dir = tempfile.mkdtemp(prefix="gbray", dir="/tmp")  # unix socket paths stay short
     dash_port = _free_port()
     head = subprocess.Popen(
@@ -45,16 +48,18 @@ def ray_head():
         yield address
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of the head is still there
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _token() -> str | None:
     path = Path.home() / ".ray" / "auth_token"
-    return os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.is_file() else None)
+    return os.environ.get("RAY_AUTH_TOKEN") or (
+        path.read_text().strip() if path.is_file() else None
+    )
 
 
 def test_submit_follow_list_status_logs(ray_head, text_dataset, tmp_path):
@@ -80,7 +85,7 @@ def test_submit_follow_list_status_logs(ray_head, text_dataset, tmp_path):
             assert token not in proc.stdout + proc.stderr
 
 
-def test_submit_without_token_is_one_clear_line(ray_head, tmp_path):
+def test_wrong_token_is_one_clear_line(ray_head):
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-cluster-token"}
     proc = gobig("jobs", "list", "--address", ray_head, env=env)
     assert proc.returncode == 2

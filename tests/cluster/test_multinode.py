@@ -13,7 +13,11 @@ import pytest
 
 from cluster.cli import main as gobig_main
 from tests.cluster.conftest import (
-    BASELINE_STEPS, text_overrides, train_losses, two_workers, wait_for,
+    BASELINE_STEPS,
+    text_overrides,
+    train_losses,
+    two_workers,
+    wait_for,
 )  # fmt: skip
 
 pytestmark = pytest.mark.timeout(600)

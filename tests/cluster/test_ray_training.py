@@ -11,12 +11,18 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from tests.cluster.conftest import (
-    BASELINE_STEPS, ROOT, TINY, gobig, text_overrides, train_losses, two_workers, wait_for,
+    BASELINE_STEPS,
+    ROOT,
+    TINY,
+    gobig,
+    text_overrides,
+    train_losses,
+    two_workers,
+    wait_for,
 )  # fmt: skip
 from train.checkpoint import list_checkpoints, newest_complete, verify
 from train.metrics_log import read_metrics
