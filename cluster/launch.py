@@ -8,7 +8,6 @@ aborts.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 from train.config.schema import ExperimentConfig
 from train.control import request_stop
+from train.summary import print_summary
 
 ABSOLUTE_PATH_KEYS = ("source", "val_source", "tokenizer")
 
@@ -65,7 +65,7 @@ def run_training(
         print(f"gobig: continue from the last checkpoint with: gobig resume {run_dir}",
               file=sys.stderr)  # fmt: skip
         return 1
-    _print_summary(run_dir)
+    print_summary(run_dir)
     return 0
 
 
@@ -141,24 +141,3 @@ class _stop_on_signals:
             file=sys.stderr,
             flush=True,
         )
-
-
-def _print_summary(run_dir: Path) -> None:
-    path = run_dir / "result.json"
-    if not path.is_file():
-        return
-    result = json.loads(path.read_text())
-    state = "stopped early" if result["stopped_early"] else "finished"
-    lines = [f"gobig: run {state} at step {result['step']}"]
-    if result["final_loss"] is not None:
-        lines.append(f"  final loss       {result['final_loss']:.4f}")
-    lines += [f"  {k:<16} {v:.4f}" for k, v in result["eval"].items()]
-    lines += [
-        f"  throughput       {result['throughput']:,.0f} {result['unit']}/s",
-        f"  run directory    {run_dir}",
-        f"  metrics          {run_dir / 'metrics.jsonl'}",
-        f"  checkpoint       {result['last_checkpoint']}",
-    ]
-    if result["stopped_early"]:
-        lines.append(f"  continue with    gobig resume {run_dir}")
-    print("\n".join(lines), flush=True)

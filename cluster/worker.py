@@ -41,22 +41,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         preemption_probe=lambda: ray.train.get_preemption_info() is not None,
         probe_every=config.train.log_every,
     )
-    result = fit(config, run_dir, resume=True, on_checkpoint=report, control=control)
-    if result.is_main:
-        (run_dir / "result.json").write_text(
-            json.dumps(
-                {
-                    "step": result.step,
-                    "final_loss": result.final_loss,
-                    "throughput": result.tokens_per_s,
-                    "unit": result.unit,
-                    "stopped_early": result.stopped_early,
-                    "last_checkpoint": str(result.last_checkpoint),
-                    "eval": result.eval_metrics,
-                },
-                indent=1,
-            )
-        )
+    fit(config, run_dir, resume=True, on_checkpoint=report, control=control)
 
 
 def _record_worker(run_dir: Path, rank: int) -> None:

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"gobig: error: {exc}", file=sys.stderr)
         return 2
-    print_summary(result)
+    if result.is_main:
+        print_summary(run_dir)
     return 0
 
 

@@ -31,6 +31,7 @@ from train.optim import WarmupDecaySchedule, build_optimizer
 from train.peak_flops import peak_flops
 from train.rng import capture_rng, restore_rng, seed_all
 from train.run_dir import prepare_run_dir
+from train.summary import write_result
 from train.task import TrainingModule, batch_units, to_device
 from train.wandb_run import start_wandb
 
@@ -180,7 +181,7 @@ def fit(
     elapsed = time.perf_counter() - t_start
     if wandb_run is not None:
         wandb_run.finish()
-    return FitResult(
+    result = FitResult(
         run_dir=run_dir,
         step=state.step,
         final_loss=final_loss,
@@ -191,6 +192,9 @@ def fit(
         unit="images" if model.flops_unit == "image" else "tokens",
         is_main=dist.is_main,
     )
+    if dist.is_main:
+        write_result(run_dir, result)
+    return result
 
 
 @dataclass
