@@ -92,7 +92,9 @@ def _cmd_resume(ns: argparse.Namespace) -> int:
     address, args = pop_option(ns.args, "--address")
     if not args or "=" in args[0]:
         raise UsageError("usage: gobig resume RUN_DIR [dotted.key=value ...]")
-    run_dir, overrides = Path(args[0]), args[1:]
+    from train.storage import is_uri
+
+    run_dir, overrides = (args[0] if is_uri(args[0]) else Path(args[0])), args[1:]
     config = load_run_config(run_dir, overrides)
     from cluster.launch import run_training
 

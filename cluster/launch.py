@@ -35,7 +35,7 @@ def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
 
 def run_training(
     config: ExperimentConfig,
-    run_dir: Path,
+    run_dir: Path | str,
     address: str | None = None,
     resuming: bool = False,
 ) -> int:
@@ -43,14 +43,16 @@ def run_training(
 
     Args:
         config: the experiment.
-        run_dir: the run directory (created if new).
+        run_dir: the run directory (created if new): a path or a URI.
         address: Ray cluster address; None for an embedded local Ray.
         resuming: continue from the newest complete checkpoint.
     """
     from cluster.ray_session import ray_session
+    from train.storage import is_uri
 
     config = absolute_paths(config)
-    run_dir = Path(run_dir).resolve()
+    if not is_uri(run_dir):  # a URI (s3://, gs://, file://) is passed on as it is
+        run_dir = Path(run_dir).resolve()
     _prepare_data(config)
     print(f"gobig: run directory {run_dir}", flush=True)
     with ray_session(config, address) as where:
@@ -78,7 +80,7 @@ def _prepare_data(config: ExperimentConfig) -> None:
             prepare_source(source)
 
 
-def _fit_on_ray(config: ExperimentConfig, run_dir: Path) -> BaseException | None:
+def _fit_on_ray(config: ExperimentConfig, run_dir: Path | str) -> BaseException | None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -100,7 +102,7 @@ def _fit_on_ray(config: ExperimentConfig, run_dir: Path) -> BaseException | None
         ),
         run_config=RunConfig(
             name="ray",
-            storage_path=str(run_dir),
+            storage_path=str(run_dir),  # Ray's storage takes the same paths and URIs
             failure_config=FailureConfig(max_failures=c.max_failures),
         ),
     )
@@ -115,8 +117,12 @@ def _fit_on_ray(config: ExperimentConfig, run_dir: Path) -> BaseException | None
 class _stop_on_signals:
     """First Ctrl-C / SIGTERM: ask workers to checkpoint and stop. Second: abort."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path | str):
+        from train.storage import RunStorage
+
+        # A URI run's workers poll their staging directory; this reaches the
+        # ones on the driver's node (an embedded local Ray: all of them).
+        self.run_dir = RunStorage(run_dir).local
         self.previous: dict[int, Any] = {}
         self.asked = False
 

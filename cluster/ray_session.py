@@ -46,6 +46,8 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
                 f"this machine has {cpus} (lower them, or pass --address of a cluster)"
             )
         ray.init(
+            # "local": a new embedded instance even if `ray start` left one running.
+            address="local",
             num_cpus=cpus,
             # Ray Train's bookkeeping queries the state API, which lives in the
             # dashboard process; it listens on loopback only.

@@ -19,16 +19,18 @@ def train_worker(payload: dict[str, Any]) -> None:
     """Ray Train's per-worker entry point.
 
     Args:
-        payload: {"config": ExperimentConfig.to_dict(), "run_dir": absolute path}.
+        payload: {"config": ExperimentConfig.to_dict(), "run_dir": absolute path or URI}.
     """
     import ray.train
 
     from train.config import build_config
     from train.control import Control
     from train.loop import fit
+    from train.storage import RunStorage
 
     config = build_config(payload["config"], origin="config from the driver")
-    run_dir = Path(payload["run_dir"])
+    storage = RunStorage(payload["run_dir"])
+    run_dir = storage.local  # a URI run's local staging directory (train/storage.py)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     _record_worker(run_dir, rank)
@@ -41,7 +43,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         preemption_probe=lambda: ray.train.get_preemption_info() is not None,
         probe_every=config.train.log_every,
     )
-    fit(config, run_dir, resume=True, on_checkpoint=report, control=control)
+    fit(config, str(storage), resume=True, on_checkpoint=report, control=control)
 
 
 def _record_worker(run_dir: Path, rank: int) -> None:

@@ -3,6 +3,8 @@
     python -m train CONFIG [dotted.key=value ...]        a fresh run
     python -m train --resume RUN_DIR [dotted.key=value]  continue a run
 
+RUN_DIR (and run.dir) may be a path or a URI (s3://, gs://, file://; train/storage.py).
+
 One process, or one process per rank under torchrun. Errors in the config
 are one line on stderr and exit code 2.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from train.config import ConfigError, load_config
 from train.run_dir import default_run_name, load_run_config, new_run_dir
+from train.storage import is_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         if ns.resume:
-            run_dir = Path(ns.resume)
+            run_dir = ns.resume if is_uri(ns.resume) else Path(ns.resume)
             config = load_run_config(run_dir, ns.args)
         else:
             path = ns.args[0] if ns.args and "=" not in ns.args[0] else None

@@ -31,6 +31,7 @@ from train.optim import WarmupDecaySchedule, build_optimizer
 from train.peak_flops import peak_flops
 from train.rng import capture_rng, restore_rng, seed_all
 from train.run_dir import prepare_run_dir
+from train.storage import RunStorage
 from train.summary import write_result
 from train.task import TrainingModule, batch_units, to_device
 from train.wandb_run import start_wandb
@@ -65,7 +66,9 @@ def fit(
 
     Args:
         config: the experiment (identical on every rank).
-        run_dir: the run directory (config snapshot, metrics, checkpoints, W&B).
+        run_dir: the run directory (config snapshot, metrics, checkpoints, W&B):
+            a path, or a URI the ranks work towards through a local staging
+            directory (train/storage.py).
         resume: continue from the newest complete checkpoint if there is one.
         on_checkpoint: called on every rank after each complete checkpoint
             with its path and the latest metrics.
@@ -73,14 +76,15 @@ def fit(
             default: signals and the run directory's STOP file.
     """
     dist = init_distributed()
-    run_dir = Path(run_dir)
+    storage = RunStorage(run_dir)
+    run_dir = storage.local  # where this rank writes; the run's home is `storage`
     control = control or Control(run_dir)
     control.install_signal_handlers()
 
-    resume_from = ckpt_io.newest_complete(run_dir, warn=dist.is_main) if resume else None
+    resume_from = storage.checkpoint_to_resume(dist) if resume else None
     meta = ckpt_io.read_meta(resume_from) if resume_from else None
     elastic = bool(meta) and needs_elastic_load(meta, dist.world_size, config.zero.stage)
-    run_info = prepare_run_dir(run_dir, config, dist, meta)
+    run_info = prepare_run_dir(run_dir, config, dist, meta, name=storage.name)
 
     # Same seed on every rank: identical initial weights everywhere.
     seed_all(config.train.seed)
@@ -106,7 +110,7 @@ def fit(
         step, tokens, rank_state = _restore(engine, train_loader, resume_from, meta, elastic, dist)
         if dist.is_main:
             how = "elastically " if elastic else ""
-            print(f"resumed {how}from {resume_from} at step {step}", flush=True)
+            print(f"resumed {how}from {storage.home_of(resume_from)} at step {step}", flush=True)
     if rank_state is not None and not elastic:
         restore_rng(rank_state["rng"])  # exact resume: dropout continues as it would have
     else:
@@ -171,7 +175,7 @@ def fit(
                 log.log({"kind": "eval", "step": state.step, **eval_metrics})
         if state.step % config.train.checkpoint_every == 0 or is_last or request != CONTINUE:
             last_ckpt = save_checkpoint(
-                engine, train_loader, run_dir, state, config, dist, run_info.wandb_id
+                engine, train_loader, storage, state, config, dist, run_info.wandb_id
             )
             if on_checkpoint is not None:
                 on_checkpoint(last_ckpt, {"step": state.step, "loss": final_loss})
@@ -194,6 +198,7 @@ def fit(
     )
     if dist.is_main:
         write_result(run_dir, result)
+        storage.upload_run_files(final=True)  # a URI's home gets metrics, result, W&B
     return result
 
 
@@ -269,20 +274,30 @@ def _peak_memory_gb(dist: DistInfo) -> float:
 
 
 def save_checkpoint(
-    engine: Any, train_loader: Any, run_dir: Path, state: _LoopState, config: ExperimentConfig,
-    dist: DistInfo, wandb_id: str,
+    engine: Any, train_loader: Any, storage: RunStorage, state: _LoopState,
+    config: ExperimentConfig, dist: DistInfo, wandb_id: str,
 ) -> Path:  # fmt: skip
-    """Write every rank's part, flush, then (rank 0) mark complete and prune."""
+    """Write every rank's part, flush, then (rank 0) mark complete and prune.
+
+    For a URI run the local checkpoint is then uploaded (every rank its share)
+    and rank 0 marks the remote copy complete, last.
+    """
+    run_dir = storage.local
     ckpt = ckpt_io.step_dir(run_dir, state.step)
     # Rewriting a step in place (after falling back past a broken checkpoint):
     # the old marker must not vouch for half-rewritten files.
     (ckpt / ckpt_io.MARKER).unlink(missing_ok=True)
+    if dist.is_main:
+        storage.begin_checkpoint(ckpt)  # the same, for the remote copy
     engine.save_checkpoint(str(ckpt), tag=ckpt_io.ENGINE_TAG, save_latest=False)
     ckpt_io.save_rank_state(
         ckpt, dist.rank, {"data": train_loader.state_dict(), "rng": capture_rng()}
     )
     ckpt_io.fsync_tree(ckpt)
     barrier()
+    if storage.is_remote:
+        storage.upload_share(ckpt, dist)
+        barrier()
     if dist.is_main:
         ckpt_io.mark_complete(
             ckpt,
@@ -298,6 +313,7 @@ def save_checkpoint(
             },
         )
         ckpt_io.prune(run_dir, config.checkpoint.keep)
+        storage.publish_checkpoint(ckpt, dist.world_size, config.checkpoint.keep)
     barrier()
     return ckpt
 

@@ -34,21 +34,30 @@ class RunInfo:
 
 
 def prepare_run_dir(
-    run_dir: Path, config: ExperimentConfig, dist: DistInfo, meta: dict[str, Any] | None
-) -> RunInfo:
+    run_dir: Path, config: ExperimentConfig, dist: DistInfo, meta: dict[str, Any] | None,
+    name: str | None = None,
+) -> RunInfo:  # fmt: skip
     """Create the run directory (rank 0) and settle the run's name and W&B id.
 
     The W&B id comes from the checkpoint being resumed, else from run.json,
     else it is new; it is written back so every later attempt finds it.
+
+    Args:
+        run_dir: the local directory ranks write to.
+        config: the experiment (snapshotted as config.yaml).
+        dist: this rank.
+        meta: the resumed checkpoint's meta, if any.
+        name: the run's name when it is not `run_dir`'s (a URI run's staging dir).
     """
+    name = name or run_dir.name
     if not dist.is_main:
-        return RunInfo(name=run_dir.name, wandb_id="")
+        return RunInfo(name=name, wandb_id="")
     run_dir.mkdir(parents=True, exist_ok=True)
     clear_stop(run_dir)  # a stop request belongs to the attempt that received it
     info_path = run_dir / RUN_INFO
     saved = json.loads(info_path.read_text()) if info_path.is_file() else {}
     wandb_id = (meta or {}).get("wandb_run_id") or saved.get("wandb_id") or new_run_id()
-    info = RunInfo(name=saved.get("name", run_dir.name), wandb_id=wandb_id)
+    info = RunInfo(name=saved.get("name", name), wandb_id=wandb_id)
     info_path.write_text(json.dumps({"name": info.name, "wandb_id": info.wandb_id}, indent=1))
     (run_dir / CONFIG_SNAPSHOT).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return info
@@ -61,13 +70,18 @@ def default_run_name(config: ExperimentConfig) -> str:
     return config.run.name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def new_run_dir(config: ExperimentConfig, name: str) -> Path:
-    """The directory for a fresh run; refuses one that already holds checkpoints."""
+def new_run_dir(config: ExperimentConfig, name: str) -> Path | str:
+    """The directory (a path, or a URI) for a fresh run; refuses one holding checkpoints."""
     from train.checkpoint import list_checkpoints
     from train.config import ConfigError
+    from train.storage import RunStorage, is_uri, join_run_dir
 
-    run_dir = Path(config.run.dir) / name
-    if list_checkpoints(run_dir):
+    run_dir = join_run_dir(config.run.dir, name)
+    if is_uri(run_dir):
+        taken = bool(RunStorage(run_dir).list_checkpoints())
+    else:
+        taken = bool(list_checkpoints(run_dir))
+    if taken:
         raise ConfigError(
             f"run.name: {run_dir} already holds checkpoints; continue it with "
             f"`gobig resume {run_dir}` or choose another run.name"
@@ -75,22 +89,43 @@ def new_run_dir(config: ExperimentConfig, name: str) -> Path:
     return run_dir
 
 
-def load_run_config(run_dir: Path, overrides: list[str]) -> ExperimentConfig:
-    """The config a run was started with, plus `overrides` (for resuming)."""
+def load_run_config(run_dir: Path | str, overrides: list[str]) -> ExperimentConfig:
+    """The config a run (a path, or a URI) was started with, plus `overrides` (for resuming)."""
     from train.checkpoint import newest_complete
     from train.config import ConfigError, load_config
+    from train.storage import is_uri, split_run_dir
 
-    snapshot = Path(run_dir) / CONFIG_SNAPSHOT
-    if not snapshot.is_file():
-        raise ConfigError(f"{run_dir}: not a gobig run directory (no {CONFIG_SNAPSHOT})")
-    if newest_complete(Path(run_dir)) is None:
-        raise ConfigError(f"{run_dir}: no complete checkpoint to resume from")
-    config = load_config(snapshot, overrides)
+    if is_uri(run_dir):
+        config = _load_remote_run_config(str(run_dir), overrides)
+    else:
+        snapshot = Path(run_dir) / CONFIG_SNAPSHOT
+        if not snapshot.is_file():
+            raise ConfigError(f"{run_dir}: not a gobig run directory (no {CONFIG_SNAPSHOT})")
+        if newest_complete(Path(run_dir)) is None:
+            raise ConfigError(f"{run_dir}: no complete checkpoint to resume from")
+        config = load_config(snapshot, overrides)
+    parent, name = split_run_dir(run_dir)
     # The run keeps its place: resuming never moves it elsewhere.
     return config.model_copy(
-        update={
-            "run": config.run.model_copy(
-                update={"dir": str(Path(run_dir).parent), "name": Path(run_dir).name}
-            )
-        }
+        update={"run": config.run.model_copy(update={"dir": parent, "name": name})}
     )
+
+
+def _load_remote_run_config(uri: str, overrides: list[str]) -> ExperimentConfig:
+    # The snapshot is read through pyarrow.fs into a temporary file, since
+    # load_config reads files; the checkpoint is checked where it lives.
+    import tempfile
+
+    from train.config import ConfigError, load_config
+    from train.storage import RunStorage
+
+    storage = RunStorage(uri)
+    text = storage.read_text(CONFIG_SNAPSHOT)
+    if text is None:
+        raise ConfigError(f"{uri}: not a gobig run directory (no {CONFIG_SNAPSHOT})")
+    if storage.newest_complete() is None:
+        raise ConfigError(f"{uri}: no complete checkpoint to resume from")
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = Path(tmp) / CONFIG_SNAPSHOT
+        snapshot.write_text(text)
+        return load_config(snapshot, overrides)

@@ -102,6 +102,13 @@ class RunStorage:
     def __str__(self) -> str:
         return str(self.spec)
 
+    def home_of(self, path: Path) -> str:
+        """Where `path`, inside the local working directory, lives at the run's home."""
+        if not self.is_remote:
+            return str(path)
+        rel = Path(path).relative_to(self.local).as_posix()
+        return str(join_run_dir(self.spec, rel)) if rel != "." else str(self.spec)
+
     def _remote(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 

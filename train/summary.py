@@ -30,13 +30,20 @@ def write_result(run_dir: Path, result: Any) -> None:
     (Path(run_dir) / RESULT_FILE).write_text(json.dumps(result_record(result), indent=1))
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
+def read_result(run_dir: str | Path) -> dict[str, Any] | None:
+    from train.storage import RunStorage, is_uri
+
+    if is_uri(run_dir):  # a URI run: read where it lives (rank 0 uploaded it at the end)
+        text = RunStorage(run_dir).read_text(RESULT_FILE)
+        return json.loads(text) if text is not None else None
     path = Path(run_dir) / RESULT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def summary_lines(record: dict[str, Any], run_dir: str | Path) -> list[str]:
     """The closing summary: state, losses, throughput, where the run is."""
+    from train.storage import join_run_dir
+
     state = "stopped early" if record["stopped_early"] else "finished"
     lines = [f"gobig: run {state} at step {record['step']}"]
     if record["final_loss"] is not None:
@@ -45,7 +52,7 @@ def summary_lines(record: dict[str, Any], run_dir: str | Path) -> list[str]:
     lines += [
         f"  throughput       {record['throughput']:,.0f} {record['unit']}/s",
         f"  run directory    {run_dir}",
-        f"  metrics          {Path(run_dir) / 'metrics.jsonl'}",
+        f"  metrics          {join_run_dir(run_dir, 'metrics.jsonl')}",
         f"  checkpoint       {record['last_checkpoint']}",
     ]
     if record["stopped_early"]:
@@ -55,6 +62,6 @@ def summary_lines(record: dict[str, Any], run_dir: str | Path) -> list[str]:
 
 def print_summary(run_dir: str | Path) -> None:
     """Print the summary of the run in `run_dir` (nothing if it has no result yet)."""
-    record = read_result(Path(run_dir))
+    record = read_result(run_dir)
     if record is not None:
         print("\n".join(summary_lines(record, run_dir)), flush=True)

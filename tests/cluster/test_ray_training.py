@@ -129,3 +129,26 @@ def test_sigterm_on_the_driver_checkpoints_and_stops(text_dataset, tmp_path):
     last_step = max(train_losses(run_dir))
     assert newest.name == f"step_{last_step:08d}" and last_step < 1000
     assert len(list_checkpoints(run_dir)) == 1  # only the stop checkpoint
+
+
+def test_uri_run_dir_on_ray(text_dataset, tmp_path):
+    # file:// goes through pyarrow.fs like s3:// or gs://: workers stage
+    # locally, upload their shards, and rank 0 marks the remote copy complete.
+    from train.storage import staging_dir
+
+    home = tmp_path / "remote" / "uri"
+    uri = f"file://{home}"
+    proc = gobig("train", *text_overrides(text_dataset), *two_workers(tmp_path, "x"),
+                 f"run.dir=file://{home.parent}", "run.name=uri", "train.max_steps=2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"gobig: run directory {uri}" in proc.stdout
+    newest = newest_complete(home)
+    assert newest is not None and newest.name == "step_00000002"
+    assert {p.name for p in newest.glob("rank_*.pt")} == {"rank_00000.pt", "rank_00001.pt"}
+    shutil.rmtree(staging_dir(uri))
+    proc = gobig("resume", uri, "train.max_steps=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert sorted(train_losses(home)) == [1, 2, 3, 4]
+    assert newest_complete(home).name == "step_00000004"
+    assert (home / "wandb").is_dir() and "run finished at step 4" in proc.stdout

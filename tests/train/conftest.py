@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from train.storage import split_run_dir
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6  # a straight run: 2N steps
 HALF = 3  # N: where interrupted runs stop and checkpoints are
@@ -78,14 +80,14 @@ def base_env(tmp: Path, secret: bool = False) -> dict[str, str]:
 
 
 def run_train(
-    args: list[str], run_dir: Path, *, nproc: int = 1, resume: bool = False,
+    args: list[str], run_dir: Path | str, *, nproc: int = 1, resume: bool = False,
     env: dict[str, str] | None = None, timeout: float = 240,
 ) -> Run:  # fmt: skip
     """`python -m train` (nproc 1) or torchrun; kills the whole process group on timeout.
 
     Args:
         args: config overrides (run.dir/run.name are added for fresh runs).
-        run_dir: the run directory (created by the run, or resumed).
+        run_dir: the run directory (created by the run, or resumed): a path or a URI.
         nproc: processes (torchrun when > 1).
         resume: `--resume run_dir` instead of a fresh run.
         env: the environment (default: `base_env`).
@@ -101,7 +103,8 @@ def run_train(
     if resume:
         cmd += ["--resume", str(run_dir), *args]
     else:
-        cmd += [*args, f"run.dir={run_dir.parent}", f"run.name={run_dir.name}"]
+        parent, name = split_run_dir(run_dir)
+        cmd += [*args, f"run.dir={parent}", f"run.name={name}"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env or base_env(run_dir.parent), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
