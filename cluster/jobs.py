@@ -12,6 +12,7 @@ gobig turns the mode on whenever a token is available and never prints it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 import sys
@@ -27,6 +28,7 @@ SHIP_EXCLUDES = [
 ]  # fmt: skip
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+STOP_GRACE_S = 300
 
 
 def enable_token_auth_if_available() -> None:
@@ -45,6 +47,8 @@ class JobsError(RuntimeError):
 def job_client(address: str) -> Any:
     # The mode must be set before Ray is imported: Ray reads it once.
     enable_token_auth_if_available()
+    # Ray's packaging chatter (one INFO line per ignored file) is noise here.
+    logging.getLogger("ray").setLevel(logging.WARNING)
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -71,7 +75,9 @@ def build_runtime_env(repo_root: Path, with_requirements: bool = True) -> dict[s
     env: dict[str, Any] = {
         "working_dir": str(repo_root),
         "excludes": SHIP_EXCLUDES,
-        "env_vars": dict(WORKER_ENV),
+        # `gobig jobs stop` sends SIGTERM; give the run time to write its final
+        # checkpoint before Ray escalates to SIGKILL (its default wait is 3 s).
+        "env_vars": {**WORKER_ENV, "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)},
     }
     if with_requirements:
         env["pip"] = project_requirements(repo_root)
@@ -100,7 +106,8 @@ def submit(
     """Submit a training job; print its id; follow its logs unless `wait` is False."""
     _warn_if_run_dir_is_ephemeral(overrides, config_path)
     client = job_client(address)
-    job_id = client.submit_job(
+    job_id = _submit_when_ready(
+        client,
         entrypoint=entrypoint(config_path, overrides, repo_root),
         runtime_env=build_runtime_env(repo_root, with_requirements),
         metadata={"submitted_by": "gobig"},
@@ -110,6 +117,19 @@ def submit(
         print(f"gobig: follow it with: gobig jobs logs {job_id} --address {address}")
         return 0
     return follow(client, job_id)
+
+
+def _submit_when_ready(client: Any, timeout_s: float = 120.0, **job: Any) -> str:
+    # A freshly started head answers before its job agent is up; Ray then
+    # refuses submissions for a few seconds. Waiting beats failing the user.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise JobsError(f"the cluster refused the job: {exc}") from None
+            time.sleep(2.0)
 
 
 def follow(client: Any, job_id: str) -> int:

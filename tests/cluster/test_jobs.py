@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import gobig, text_overrides, train_losses, wait_for
+from train.checkpoint import newest_complete
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -38,6 +39,10 @@ def ray_head():
         [ray_cmd, "start", "--head", "--block", f"--port={_free_port()}",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash_port}", f"--ray-client-server-port={_free_port()}",
+         # Every port chosen here, so another Ray on this machine cannot clash.
+         f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}",
          "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -83,6 +88,30 @@ def test_submit_follow_list_status_logs(ray_head, text_dataset, tmp_path):
     if token:
         for proc in (submitted, listed, status, logs):
             assert token not in proc.stdout + proc.stderr
+
+
+def test_no_wait_then_stop_writes_a_final_checkpoint(ray_head, text_dataset, tmp_path):
+    run_dir = tmp_path / "stopped"
+    overrides = [
+        *text_overrides(text_dataset), "cluster.num_workers=2", "train.max_steps=100000",
+        "train.checkpoint_every=100000", f"run.dir={tmp_path}", "run.name=stopped",
+    ]  # fmt: skip
+    submitted = gobig("submit", "--address", ray_head, "--no-wait", *overrides, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
+    wait_for(lambda: (run_dir / "metrics.jsonl").is_file()
+             and max(train_losses(run_dir), default=0) >= 2, 300, "step 2")  # fmt: skip
+    stopped = gobig("jobs", "stop", job_id, "--address", ray_head)
+    assert stopped.returncode == 0 and f"stopping job {job_id}" in stopped.stdout
+
+    def final_status() -> str | None:
+        status = gobig("jobs", "status", job_id, "--address", ray_head).stdout.strip()
+        return status if status in ("STOPPED", "FAILED", "SUCCEEDED") else None
+
+    assert wait_for(final_status, 300, "the job to stop") == "STOPPED"
+    newest = newest_complete(run_dir)
+    assert newest is not None, "no checkpoint was written on stop"
+    assert newest.name == f"step_{max(train_losses(run_dir)):08d}"
 
 
 def test_wrong_token_is_one_clear_line(ray_head):
