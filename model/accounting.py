@@ -83,3 +83,26 @@ def analytic_param_count(config: ModelConfig, non_embedding: bool = False) -> in
         head = d * config.num_classes + config.num_classes * b
         total = patch + stack + head
     return total if non_embedding else total + lookup
+
+
+class TokenFlops:
+    """FLOP accounting shared by the token models (GPT, BERT).
+
+    Needs `self.config` and `self.num_params(non_embedding=True)`.
+    """
+
+    flops_unit = "token"
+
+    def training_flops_per_unit(self) -> float:
+        """Training FLOPs per token, 6 * N + 12 * L * d_model * max_seq_len.
+
+        N is `num_params(non_embedding=True)`; see `training_flops_per_token`.
+        """
+        c = self.config
+        return training_flops_per_token(
+            self.num_params(non_embedding=True), c.n_layer, c.d_model, c.max_seq_len
+        )
+
+    def training_flops_per_token(self) -> float:
+        """Alias of `training_flops_per_unit` (the unit is a token)."""
+        return self.training_flops_per_unit()

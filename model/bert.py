@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.accounting import count_params, training_flops_per_token
+from model.accounting import TokenFlops, count_params
 from model.attention import build_attention_context
 from model.blocks import TransformerStack, layer_norm
 from model.config import ModelConfig
@@ -74,7 +74,7 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
-class BERT(nn.Module):
+class BERT(TokenFlops, nn.Module):
     """Bidirectional encoder with a masked-LM head and optional pooled heads.
 
     Heads: the MLM head always; a pooler when config.pair_head != "none" or
@@ -85,8 +85,6 @@ class BERT(nn.Module):
     Args:
         config: model shape; family should be "bert".
     """
-
-    flops_unit = "token"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -250,18 +248,3 @@ class BERT(nn.Module):
                 self.embeddings.token_type.weight,
             ]
         return count_params(self, exclude)
-
-    def training_flops_per_unit(self) -> float:
-        """Training FLOPs per token, 6 * N + 12 * L * d_model * max_seq_len.
-
-        N is `num_params(non_embedding=True)`; see
-        `model.accounting.training_flops_per_token`.
-        """
-        c = self.config
-        return training_flops_per_token(
-            self.num_params(non_embedding=True), c.n_layer, c.d_model, c.max_seq_len
-        )
-
-    def training_flops_per_token(self) -> float:
-        """Alias of `training_flops_per_unit` (the unit is a token)."""
-        return self.training_flops_per_unit()

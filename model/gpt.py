@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.accounting import count_params, training_flops_per_token
+from model.accounting import TokenFlops, count_params
 from model.attention import KVCache, build_attention_context
 from model.blocks import TransformerStack
 from model.config import ModelConfig
@@ -16,7 +16,7 @@ from model.positions import PositionEncoding
 from model.sampling import sample_next_token
 
 
-class GPT(nn.Module):
+class GPT(TokenFlops, nn.Module):
     """Token embedding, positions, pre-LN blocks, final LN, tied LM head.
 
     Every parameter lives in a submodule whose forward uses it (the LM head
@@ -26,8 +26,6 @@ class GPT(nn.Module):
     Args:
         config: model shape; family should be "gpt".
     """
-
-    flops_unit = "token"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -162,18 +160,3 @@ class GPT(nn.Module):
         """
         exclude = self.positions.embedding_params if non_embedding else ()
         return count_params(self, exclude)
-
-    def training_flops_per_unit(self) -> float:
-        """Training FLOPs per token, 6 * N + 12 * L * d_model * max_seq_len.
-
-        N is `num_params(non_embedding=True)`; see
-        `model.accounting.training_flops_per_token`.
-        """
-        c = self.config
-        return training_flops_per_token(
-            self.num_params(non_embedding=True), c.n_layer, c.d_model, c.max_seq_len
-        )
-
-    def training_flops_per_token(self) -> float:
-        """Alias of `training_flops_per_unit` (the unit is a token)."""
-        return self.training_flops_per_unit()
