@@ -86,6 +86,9 @@ def fit(
     elastic = bool(meta) and needs_elastic_load(meta, dist.world_size, config.zero.stage)
     run_info = prepare_run_dir(run_dir, config, dist, meta, name=storage.name)
 
+    # Data first: a bad source or a model that does not fit the data fails in
+    # seconds, before the engine is built.
+    train_loader, val_loader = build_loaders(config, dist)
     # Same seed on every rank: identical initial weights everywhere.
     seed_all(config.train.seed)
     model = build_model(config.model)
@@ -103,7 +106,6 @@ def fit(
     if config.train.compile:
         engine.compile()
 
-    train_loader, val_loader = build_loaders(config, dist)
     step = tokens = 0
     rank_state = None
     if resume_from is not None:
