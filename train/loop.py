@@ -153,7 +153,9 @@ def fit(
             engine.step()
             loss_acc += out.loss.detach().double()
         state.step += 1
-        step_units = int(all_reduce_sum([float(units)], dist.device)[0])
+        # Every rank's micro-batches have the same shape (the loaders guarantee
+        # it), so the global count needs no collective.
+        step_units = units * dist.world_size
         state.tokens += step_units
         state.window_units += step_units
         state.window_loss += loss_acc / config.train.grad_accum_steps
