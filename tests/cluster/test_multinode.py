@@ -7,7 +7,10 @@ uninterrupted run."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,7 @@ from tests.cluster.conftest import (
     two_workers,
     wait_for,
 )  # fmt: skip
+from train.checkpoint import newest_complete
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -70,3 +74,50 @@ def test_workers_span_nodes_and_survive_losing_one(two_node_cluster, gpt_run, te
     assert events.get("removed"), "the node was never removed"
     assert len(events["nodes_before"]) == 2, "workers did not span both nodes"
     assert train_losses(run_dir) == train_losses(gpt_run)
+
+
+def test_preemption_notice_checkpoints_before_the_node_goes(text_dataset, tmp_path, monkeypatch):
+    """Ray's drain with reason PREEMPTION reaches the workers as a preemption
+    notice: they write a just-in-time checkpoint (periodic ones are off here),
+    and after the node is gone training resumes from it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # Ray Train polls drains every 5 s by default; a short run needs it sooner.
+    monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.5")
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    run_dir = tmp_path / "preempted"
+    events: dict[str, object] = {}
+
+    def preempt_the_second_node() -> None:
+        wait_for(lambda: (run_dir / "metrics.jsonl").is_file()
+                 and max(train_losses(run_dir), default=0) >= 3, 300, "step 3")  # fmt: skip
+        victim = next(iter(cluster.worker_nodes))
+        subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "drain-node", f"--address={cluster.address}",
+             f"--node-id={victim.node_id}", "--reason=DRAIN_NODE_REASON_PREEMPTION",
+             "--reason-message=test preemption", "--deadline-remaining-seconds=60"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        events["jit"] = wait_for(lambda: newest_complete(run_dir, warn=False), 120,
+                                 "a just-in-time checkpoint")  # fmt: skip
+        cluster.remove_node(victim, allow_graceful=False)
+
+    chaos = threading.Thread(target=preempt_the_second_node, daemon=True)
+    chaos.start()
+    try:
+        code = gobig_main([
+            "train", *text_overrides(text_dataset), *two_workers(tmp_path, "preempted"),
+            "train.max_steps=40", "train.checkpoint_every=1000", "optim.decay_steps=40",
+            "cluster.placement_strategy=SPREAD", "cluster.max_failures=3",
+        ])  # fmt: skip
+        chaos.join(timeout=60)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert code == 0
+    jit_step = int(events["jit"].name.removeprefix("step_"))
+    assert 3 <= jit_step < 40, "no checkpoint between the notice and the end"
+    assert sorted(train_losses(run_dir)) == list(range(1, 41))

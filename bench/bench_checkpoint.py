@@ -1,0 +1,387 @@
+"""Checkpoint save and load throughput of gobig's real checkpoint path, against the disk's
+sequential write and read bandwidth measured in the same run (issue "Performance", item 5).
+
+    .venv/bin/python bench/bench_checkpoint.py [--rounds 3] [--n-layer 4] [--d-model 768]
+        [--dir /tmp] [--out bench/results/checkpoint.md]
+
+One process (world size 1), DeepSpeed ZeRO-2 on CPU, fp32, AdamW: the engine is built the
+way train/loop.py builds it, trained for one step (so Adam's moments exist), then each
+round alternates, side by side:
+
+  disk write   a file the size of the checkpoint, 16 MiB chunks of random bytes, fsync
+  ckpt save    train.loop.save_checkpoint (engine.save_checkpoint, rank state, fsync_tree,
+               mark_complete, prune), after os.sync() so earlier dirty pages do not count
+  disk read    that file, page cache dropped first (echo 3 > /proc/sys/vm/drop_caches)
+  ckpt load    newest_complete + read_meta + train.loop._restore, page cache dropped first
+
+Throughput = bytes of the checkpoint directory / seconds; the ratios are per round, and
+the table gives medians. The split inside each call comes from timing wrappers around the
+functions train.loop calls (patched on the module objects, nothing on disk changes).
+"Snapshot" (the stall an asynchronous checkpoint would cost) = copying the module and
+optimizer state dicts into fresh CPU tensors; "serialize to memory" = torch.save of that
+snapshot into a BytesIO. Both are predictions for a later feature, not gobig code paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from train import checkpoint as ckpt_io  # noqa: E402
+from train import loop  # noqa: E402
+
+CHUNK = 16 * 2**20
+TIMES: dict[str, float] = defaultdict(float)
+
+
+def timed(name: str, fn):
+    """`fn`, adding its wall time to TIMES[name] on every call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TIMES[name] += time.perf_counter() - t0
+
+    return wrapper
+
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def disk_write(path: Path, size: int, buf: bytes) -> float:
+    """Seconds to write `size` bytes (buffered, like torch.save) and fsync them."""
+    os.sync()
+    t0 = time.perf_counter()
+    with open(path, "wb") as fh:
+        left = size
+        while left > 0:
+            n = min(left, len(buf))
+            fh.write(buf[:n] if n < len(buf) else buf)
+            left -= n
+        fh.flush()
+        os.fsync(fh.fileno())
+    return time.perf_counter() - t0
+
+
+def disk_read(path: Path) -> float:
+    buf = bytearray(CHUNK)
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        while fh.readinto(buf):
+            pass
+    return time.perf_counter() - t0
+
+
+def dd(args: list[str]) -> str:
+    """dd's own summary line (bytes, seconds, rate) for the reference figures."""
+    out = subprocess.run(["dd", *args], capture_output=True, text=True)
+    return out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "dd failed"
+
+
+def snapshot(engine: Any) -> tuple[float, dict[str, Any]]:
+    """(seconds, copy) of the module and optimizer state as fresh CPU tensors."""
+
+    def copy(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().to("cpu", copy=True)
+        if isinstance(obj, dict):
+            return {k: copy(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(copy(v) for v in obj)
+        return obj
+
+    t0 = time.perf_counter()
+    snap = {
+        "module": copy(engine.module_state_dict()),
+        "optimizer": copy(engine.optimizer.state_dict()),
+    }
+    return time.perf_counter() - t0, snap
+
+
+def build(args: argparse.Namespace, run_dir: Path):
+    """Config, dist, engine (one trained step), loader, storage: as train.loop.fit does."""
+    from model import build_model
+    from train.config.load import load_config
+    from train.data import build_loaders
+    from train.deepspeed_config import deepspeed_config
+    from train.distributed import init_distributed
+    from train.engine_safety import use_safe_checkpoint_loading
+    from train.optim import WarmupDecaySchedule, build_optimizer
+    from train.rng import seed_all
+    from train.storage import RunStorage
+    from train.task import TrainingModule, to_device
+
+    config = load_config(
+        ROOT / "configs" / "gpt-tiny.yaml",
+        [
+            f"model.n_layer={args.n_layer}",
+            f"model.d_model={args.d_model}",
+            f"model.n_head={args.d_model // 64}",
+            "train.precision=fp32",
+            "zero.stage=2",
+            "train.micro_batch_size=1",
+            "train.grad_accum_steps=1",
+            "cluster.num_workers=1",
+            "checkpoint.keep=1",
+        ],
+    )
+    dist = init_distributed()
+    train_loader, _ = build_loaders(config, dist)
+    seed_all(config.train.seed)
+    model = build_model(config.model)
+    module = TrainingModule(model)
+    optimizer = build_optimizer(module, config)
+    scheduler = WarmupDecaySchedule(optimizer, config.optim, config.train.max_steps)
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(config, dist.world_size),
+    )  # fmt: skip
+    use_safe_checkpoint_loading(engine)
+    batch = to_device(next(iter(train_loader)), dist.device)
+    out = engine(batch)
+    engine.backward(out.loss)
+    engine.step()
+    n_params = sum(p.numel() for p in model.parameters())
+    return config, dist, engine, train_loader, RunStorage(run_dir), n_params
+
+
+def install_wrappers(engine: Any) -> None:
+    """Time the pieces train.loop.save_checkpoint / _restore call (all by attribute lookup
+    at call time, so patching the module objects and the engine instance is enough)."""
+    for name in ("save_rank_state", "fsync_tree", "mark_complete", "prune", "load_rank_state"):
+        setattr(ckpt_io, name, timed(name, getattr(ckpt_io, name)))
+    engine.save_checkpoint = timed("engine.save_checkpoint", engine.save_checkpoint)
+    engine.load_checkpoint = timed("engine.load_checkpoint", engine.load_checkpoint)
+    ce = engine.checkpoint_engine  # also the optimizer's (one object)
+    ce.save = timed("torch.save (inside engine)", ce.save)
+    ce.load = timed("torch.load (inside engine)", ce.load)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--dir", default="/tmp", help="where the run and test file go")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "checkpoint.md"))
+    args = parser.parse_args()
+    command = "python bench/bench_checkpoint.py " + " ".join(sys.argv[1:])
+    t_begin = time.perf_counter()
+
+    work = Path(tempfile.mkdtemp(prefix="gobig-bench-ckpt-", dir=args.dir))
+    run_dir = work / "run"
+    try:
+        config, dist, engine, loader, storage, n_params = build(args, run_dir)
+        install_wrappers(engine)
+        buf = os.urandom(CHUNK)
+        test_file = work / "disk_test.bin"
+        can_drop = drop_caches()
+
+        rows: dict[str, list[float]] = defaultdict(list)
+        split_save: dict[str, list[float]] = defaultdict(list)
+        split_load: dict[str, list[float]] = defaultdict(list)
+        size = 0
+        for rnd in range(args.rounds + 1):  # round 0 is a warm-up, not reported
+            # --- save (real path) ---
+            state = loop._LoopState(step=1000 + rnd, tokens=0)
+            os.sync()
+            TIMES.clear()
+            t0 = time.perf_counter()
+            ckpt = loop.save_checkpoint(engine, loader, storage, state, config, dist, "bench")
+            t_save = time.perf_counter() - t0
+            save_parts = dict(TIMES)
+            size = tree_bytes(ckpt)
+            # --- disk write, same size ---
+            t_write = disk_write(test_file, size, buf)
+            # --- disk read, cold ---
+            drop_caches()
+            t_read = disk_read(test_file)
+            # --- load (real path), cold ---
+            drop_caches()
+            TIMES.clear()
+            t0 = time.perf_counter()
+            found = ckpt_io.newest_complete(run_dir)
+            meta = ckpt_io.read_meta(found)
+            TIMES["newest_complete + read_meta"] = time.perf_counter() - t0
+            loop._restore(engine, loader, found, meta, False, dist)
+            t_load = time.perf_counter() - t0
+            load_parts = dict(TIMES)
+            # --- load again, warm page cache (context) ---
+            t0 = time.perf_counter()
+            loop._restore(engine, loader, found, meta, False, dist)
+            t_load_warm = time.perf_counter() - t0
+            test_file.unlink()
+            print(
+                f"round {rnd}: size {size / 1e6:.0f} MB  save {t_save:.2f}s  write {t_write:.2f}s"
+                f"  read {t_read:.2f}s  load {t_load:.2f}s (warm {t_load_warm:.2f}s)",
+                flush=True,
+            )
+            if rnd == 0:
+                continue
+            rows["save"].append(t_save)
+            rows["write"].append(t_write)
+            rows["read"].append(t_read)
+            rows["load"].append(t_load)
+            rows["load_warm"].append(t_load_warm)
+            rows["save_ratio"].append(t_write / t_save)
+            rows["load_ratio"].append(t_read / t_load)
+            for k, v in save_parts.items():
+                split_save[k].append(v)
+            for k, v in load_parts.items():
+                split_load[k].append(v)
+
+        # --- async prediction: snapshot into CPU memory, serialization alone ---
+        snaps, sers = [], []
+        for _ in range(args.rounds):
+            t_snap, snap = snapshot(engine)
+            snaps.append(t_snap)
+            t0 = time.perf_counter()
+            bio = io.BytesIO()
+            torch.save(snap, bio)
+            sers.append(time.perf_counter() - t0)
+            del snap, bio
+        snap_bytes = size  # same tensors as the checkpoint, to within metadata
+
+        # --- dd reference figures (not used in the ratios) ---
+        dd_file = work / "dd_test.bin"
+        count = max(1, size // (4 * 2**20))
+        dd_w = dd(["if=/dev/zero", f"of={dd_file}", "bs=4M", f"count={count}",
+                   "oflag=direct", "conv=fsync"])  # fmt: skip
+        drop_caches()
+        dd_r = dd([f"if={dd_file}", "of=/dev/null", "bs=4M", "iflag=direct"])
+        dd_file.unlink()
+        files = sorted(
+            (str(p.relative_to(ckpt)), p.stat().st_size) for p in ckpt.rglob("*") if p.is_file()
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    load_avg = os.getloadavg()
+    mb = size / 1e6
+    m = {k: median(v) for k, v in rows.items()}
+
+    def rate(seconds: float) -> str:
+        return f"{mb / seconds:,.0f} MB/s"
+
+    def split_table(parts: dict[str, list[float]], total: float) -> list[str]:
+        out = []
+        for k, v in parts.items():
+            med = median(v)
+            out.append(f"| {k} | {med:.3f} s | {100 * med / total:.0f}% |")
+        return out
+
+    ds_version = __import__("deepspeed").__version__
+    df = subprocess.run(["df", "-h", args.dir], capture_output=True, text=True).stdout.strip()
+    mnt = subprocess.run(
+        ["findmnt", "-no", "SOURCE,FSTYPE", "-T", args.dir], capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        "# Checkpoint save and load throughput",
+        "",
+        f"Command: `{command.strip()}` (from the repository root, in the project venv, "
+        f"as root so the page cache can be dropped); {args.rounds} measured rounds after one "
+        f"warm-up round, medians; whole run {time.perf_counter() - t_begin:.0f} s.",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, deepspeed {ds_version}. "
+        f"Checkpoint and test files in `{args.dir}` ({mnt}):",
+        "",
+        "```",
+        df,
+        "```",
+        "",
+        f"Model: GPT, n_layer {args.n_layer}, d_model {args.d_model}, vocab "
+        f"{config.model.vocab_size}, {n_params / 1e6:.1f}M parameters, fp32, AdamW, ZeRO-2, "
+        f"world size 1, one process. Checkpoint directory: **{mb:,.0f} MB**:",
+        "",
+        *[f"- `{name}`: {nbytes / 1e6:,.1f} MB" for name, nbytes in files],
+        "",
+        f"Page cache dropped before each read and load: "
+        f"{'yes' if can_drop else 'NO (not permitted; read figures may be cached)'}.",
+        "",
+        "| measurement | median time | throughput |",
+        "| --- | ---: | ---: |",
+        f"| disk write (Python, 16 MiB chunks, fsync) | {m['write']:.3f} s | {rate(m['write'])} |",
+        f"| checkpoint save (train.loop.save_checkpoint) | {m['save']:.3f} s | {rate(m['save'])} |",
+        f"| disk read (cold cache) | {m['read']:.3f} s | {rate(m['read'])} |",
+        f"| checkpoint load (newest_complete + _restore, cold) | {m['load']:.3f} s "
+        f"| {rate(m['load'])} |",
+        f"| checkpoint load (_restore, warm cache) | {m['load_warm']:.3f} s "
+        f"| {rate(m['load_warm'])} |",
+        f"| snapshot state into CPU memory (async stall estimate) | {median(snaps):.3f} s "
+        f"| {rate(median(snaps))} |",
+        f"| torch.save of the snapshot to memory (serialization alone) | {median(sers):.3f} s "
+        f"| {rate(median(sers))} |",
+        "",
+        f"**Save throughput / disk write bandwidth: {median(rows['save_ratio']):.2f}** "
+        f"(per round: {', '.join(f'{r:.2f}' for r in rows['save_ratio'])}; target >= 0.5).",
+        "",
+        f"**Load throughput / disk read bandwidth: {median(rows['load_ratio']):.2f}** "
+        f"(per round: {', '.join(f'{r:.2f}' for r in rows['load_ratio'])}; target >= 0.5).",
+        "",
+        f"Predicted async stall / synchronous save: **{median(snaps) / m['save']:.2f}** "
+        "(snapshot time over the full save; item 5's later target is <= 0.10).",
+        "",
+        "Where the save goes (medians; the torch.save row is inside engine.save_checkpoint):",
+        "",
+        "| part | time | share of save |",
+        "| --- | ---: | ---: |",
+        *split_table(split_save, m["save"]),
+        "",
+        "Where the cold load goes (the torch.load row is inside engine.load_checkpoint):",
+        "",
+        "| part | time | share of load |",
+        "| --- | ---: | ---: |",
+        *split_table(split_load, m["load"]),
+        "",
+        f"dd reference (not in the ratios; zeros, O_DIRECT): write `{dd_w}`; "
+        f"read, cold `{dd_r}`.",
+        "",
+        f"Load average at the end: {load_avg[0]:.1f} / {load_avg[1]:.1f} / {load_avg[2]:.1f} "
+        f"(1/5/15 min) on {os.cpu_count()} cores (the machine is shared).",
+    ]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
