@@ -31,6 +31,7 @@ from train.optim import WarmupDecaySchedule, build_optimizer
 from train.peak_flops import peak_flops
 from train.rng import capture_rng, restore_rng, seed_all
 from train.run_dir import prepare_run_dir
+from train.startup import StartupTimeline
 from train.storage import RunStorage
 from train.summary import write_result
 from train.task import TrainingModule, batch_units, to_device
@@ -75,7 +76,9 @@ def fit(
         control: outside requests (signals, STOP file, preemption notices);
             default: signals and the run directory's STOP file.
     """
+    timeline = StartupTimeline()
     dist = init_distributed()
+    timeline.mark("distributed_init")
     storage = RunStorage(run_dir)
     run_dir = storage.local  # where this rank writes; the run's home is `storage`
     control = control or Control(run_dir)
@@ -89,6 +92,7 @@ def fit(
     # Data first: a bad source or a model that does not fit the data fails in
     # seconds, before the engine is built.
     train_loader, val_loader = build_loaders(config, dist)
+    timeline.mark("data_loaders")
     # Same seed on every rank: identical initial weights everywhere.
     seed_all(config.train.seed)
     model = build_model(config.model)
@@ -105,6 +109,7 @@ def fit(
     use_safe_checkpoint_loading(engine)
     if config.train.compile:
         engine.compile()
+    timeline.mark("model_and_engine")
 
     step = tokens = 0
     rank_state = None
@@ -113,6 +118,7 @@ def fit(
         if dist.is_main:
             how = "elastically " if elastic else ""
             print(f"resumed {how}from {storage.home_of(resume_from)} at step {step}", flush=True)
+    timeline.mark("checkpoint_load")
     if rank_state is not None and not elastic:
         restore_rng(rank_state["rng"])  # exact resume: dropout continues as it would have
     else:
@@ -134,6 +140,7 @@ def fit(
     batches = iter(train_loader)
     t_start = time.perf_counter()
     units_at_start = tokens
+    timeline.mark("logging_setup")
 
     while state.step < config.train.max_steps:
         t0 = time.perf_counter()
@@ -163,6 +170,9 @@ def fit(
         state.window_data += data_wait
         state.window_time += time.perf_counter() - t0
         is_last = state.step == config.train.max_steps
+        if state.step == step + 1:
+            timeline.mark("first_step")
+            log.log(timeline.record(step))
         request = _agree(control.poll(state.step), dist)
         stop_now = request == STOP
 

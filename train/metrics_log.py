@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from train.startup import format_startup_line
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -79,8 +81,11 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
         if record["kind"] == "train":
             print(format_train_line(record, self.max_steps), flush=True)
-        else:
+        elif record["kind"] == "eval":
             print(format_eval_line(record), flush=True)
+        else:
+            print(format_startup_line(record), flush=True)
+            return  # per-attempt timings: the run's W&B history is steps and evals
         step = record["step"]
         if self.wandb_run is not None and step > self.wandb_last_step:
             payload = {

@@ -48,3 +48,16 @@ def test_api_key_is_written_nowhere(runs):
     files = [p for place in places for p in place.rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in files)  # W&B did write its files
     assert [p for p in files if SECRET.encode() in p.read_bytes()] == []
+
+
+def test_each_attempt_records_its_startup_phases(runs):
+    # Operators (and the start-up and recovery benchmarks) read these.
+    records = runs.interrupted(1, 0).records("startup")
+    assert [r["step"] for r in records] == [0, HALF]  # the first attempt, then the resume
+    phases = ("process_to_fit_s", "distributed_init_s", "data_loaders_s",
+              "model_and_engine_s", "checkpoint_load_s", "first_step_s")  # fmt: skip
+    for record in records:
+        assert all(record[p] >= 0 for p in phases)
+        assert record["first_step_at"] > record["fit_started_at"]
+    # Resuming loads a checkpoint; a fresh start loads nothing.
+    assert records[1]["checkpoint_load_s"] > records[0]["checkpoint_load_s"]
