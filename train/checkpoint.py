@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ ENGINE_TAG = "deepspeed"
 UNIVERSAL_TAG = "universal"
 META = "meta.json"
 MARKER = "COMPLETE"
+TRASH = ".trash"
 
 
 class CheckpointError(RuntimeError):
@@ -130,17 +133,32 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
 
 
 def prune(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints, and broken older ones."""
+    """Remove all but the newest `keep` complete checkpoints, and broken older ones.
+
+    Removal is a rename into a trash directory (instant) followed by deletion
+    in a background thread: deleting hundreds of MB takes longer than writing
+    them on some file systems, and training need not wait for it. Trash left
+    by a process that exited early is deleted by the next prune.
+    """
     complete = [c for c in list_checkpoints(run_dir) if verify(c) is None]
     if not complete:
         return []
     kept = set(complete[-keep:])
     newest = complete[-1]
+    trash = Path(run_dir) / CHECKPOINTS / TRASH
     removed = []
     for ckpt in list_checkpoints(run_dir):
         # Anything newer than the newest complete checkpoint may still be in
         # flight on another rank; everything older that is not kept goes.
         if ckpt not in kept and ckpt < newest:
-            shutil.rmtree(ckpt, ignore_errors=True)
+            trash.mkdir(exist_ok=True)
+            ckpt.rename(trash / f"{ckpt.name}-{time.time_ns()}")
             removed.append(ckpt)
+    if trash.is_dir():
+        threading.Thread(target=_empty_trash, args=(trash,), daemon=True).start()
     return removed
+
+
+def _empty_trash(trash: Path) -> None:
+    for item in list(trash.iterdir()):
+        shutil.rmtree(item, ignore_errors=True)
