@@ -28,7 +28,7 @@ from train.engine_safety import use_safe_checkpoint_loading
 from train.evaluate import evaluate
 from train.metrics_log import MetricsLog
 from train.optim import WarmupDecaySchedule, build_optimizer
-from train.peak_flops import peak_flops
+from train.peak_flops import PeakFlops
 from train.rng import capture_rng, restore_rng, seed_all
 from train.run_dir import prepare_run_dir
 from train.startup import StartupTimeline
@@ -132,7 +132,7 @@ def fit(
     log.rewind_to(step)
 
     flops_per_unit = model.training_flops_per_unit()
-    peak = peak_flops(dist.device, config.train.precision, config.train.peak_tflops)
+    peak = PeakFlops(dist.device, config.train.precision, config.train.peak_tflops)
     state = _LoopState(step=step, tokens=tokens)
     last_ckpt: Path | None = resume_from
     final_loss: float | None = None
@@ -252,7 +252,7 @@ def _agree(request: int, dist: DistInfo) -> int:
 
 def _train_record(
     engine: Any, state: _LoopState, config: ExperimentConfig, dist: DistInfo, model: Any,
-    flops_per_unit: float, peak: float,
+    flops_per_unit: float, peak: PeakFlops,
 ) -> dict[str, Any]:  # fmt: skip
     loss_sum = float(state.window_loss)
     loss = all_reduce_sum([loss_sum], dist.device)[0] / (state.window_steps * dist.world_size)
@@ -267,7 +267,7 @@ def _train_record(
         "loss": loss,
         "lr": engine.get_lr()[0],
         "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-        "mfu": rate * flops_per_unit / (peak * dist.world_size),
+        "mfu": _mfu(rate * flops_per_unit / dist.world_size, peak),
         "step_time_s": step_time,
         "data_wait_frac": state.window_data / state.window_time if state.window_time else 0.0,
         "peak_mem_gb": _peak_memory_gb(dist),
@@ -275,6 +275,11 @@ def _train_record(
     }
     record["samples_per_s" if model.flops_unit == "image" else "tokens_per_s"] = rate
     return record
+
+
+def _mfu(achieved_per_worker: float, peak: PeakFlops) -> float:
+    peak.raise_to(achieved_per_worker)  # nothing runs faster than its peak
+    return achieved_per_worker / peak.value
 
 
 def _peak_memory_gb(dist: DistInfo) -> float:

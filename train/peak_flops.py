@@ -68,23 +68,58 @@ def _key(device: torch.device, precision: str) -> str:
     return f"{device.type}|{name}|{precision}|threads={torch.get_num_threads()}"
 
 
+def _read_cache() -> dict[str, float]:
+    try:
+        return json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict[str, float]) -> None:
+    try:
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        CACHE.write_text(json.dumps(cache, indent=1))
+    except OSError:
+        pass  # a read-only home only costs a re-measurement next time
+
+
+class PeakFlops:
+    """The MFU denominator of one worker: configured, cached or measured.
+
+    A measurement taken while the machine was busy reads low and would make
+    MFU exceed 100% forever after; the model's own achieved FLOP/s is a lower
+    bound on the peak, so `raise_to` lifts the figure (and the cache) to it.
+
+    Args:
+        device: the worker's device.
+        precision: fp32, bf16 or fp16.
+        configured_tflops: `train.peak_tflops`; when set it is used as given.
+    """
+
+    def __init__(self, device: torch.device, precision: str, configured_tflops: float | None):
+        self.configured = bool(configured_tflops)
+        self.key = _key(device, precision)
+        if configured_tflops:
+            self.value = configured_tflops * 1e12
+            return
+        cache = _read_cache()
+        if self.key not in cache:
+            cache[self.key] = measure_matmul_flops(device, DTYPES[precision])
+            _write_cache(cache)
+        self.value = float(cache[self.key])
+
+    def raise_to(self, achieved: float) -> None:
+        if self.configured or achieved <= self.value:
+            return
+        self.value = achieved
+        cache = _read_cache()
+        cache[self.key] = max(achieved, float(cache.get(self.key, 0.0)))
+        _write_cache(cache)
+
+
 def peak_flops(device: torch.device, precision: str, configured_tflops: float | None) -> float:
     """Peak FLOP/s: the configured figure, or a cached (else fresh) measurement."""
-    if configured_tflops:
-        return configured_tflops * 1e12
-    key = _key(device, precision)
-    try:
-        cache = json.loads(CACHE.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        cache[key] = measure_matmul_flops(device, DTYPES[precision])
-        try:
-            CACHE.parent.mkdir(parents=True, exist_ok=True)
-            CACHE.write_text(json.dumps(cache, indent=1))
-        except OSError:
-            pass  # a read-only home only costs a re-measurement next time
-    return float(cache[key])
+    return PeakFlops(device, precision, configured_tflops).value
 
 
 if __name__ == "__main__":

@@ -275,3 +275,26 @@ def test_measuring_peak_flops_leaves_the_training_rng_alone():
     before = torch.get_rng_state()
     assert measure_matmul_flops(torch.device("cpu"), torch.float32, 64, 1, 0.001) > 0
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_peak_is_never_below_what_was_achieved(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    import train.peak_flops as pf
+
+    monkeypatch.setattr(pf, "CACHE", tmp_path / "peak_flops.json")
+    cpu = torch.device("cpu")
+    # A reading taken on a busy machine, cached: far too low.
+    pf.CACHE.write_text(json.dumps({pf._key(cpu, "fp32"): 1e9}))
+    peak = pf.PeakFlops(cpu, "fp32", None)
+    assert peak.value == 1e9
+    peak.raise_to(5e9)  # the model itself ran at 5 GFLOP/s
+    assert peak.value == 5e9
+    assert json.loads(pf.CACHE.read_text())[pf._key(cpu, "fp32")] == 5e9
+    peak.raise_to(2e9)  # lower figures never lower it
+    assert peak.value == 5e9
+    configured = pf.PeakFlops(cpu, "fp32", 0.001)  # train.peak_tflops wins as given
+    configured.raise_to(5e12)
+    assert configured.value == 1e9
