@@ -77,7 +77,7 @@ def _categorise(name: str, ancestors: list[str]) -> str:
     anc = " | ".join(ancestors)
     if "Optimizer.step" in anc or "optimizer" in name.lower():
         return "optimizer step (AdamW)"
-    if "bench::data" in anc or "bench::data" == name:
+    if "bench::data" in anc or name == "bench::data":
         return "data wait (next(batch))"
     if not name.startswith("aten::"):
         return CATEGORIES[-1]
@@ -231,8 +231,10 @@ def main() -> int:
                 # The peak is "what the hardware can do": measured before every run and
                 # the best of all measurements used, so a neighbour's burst during one
                 # measurement cannot inflate MFU.
-                peaks[prec].append(measure_matmul_flops(
-                    torch.device("cpu"), DTYPES[prec], trials=3, seconds_per_trial=0.2))  # fmt: skip
+                cpu = torch.device("cpu")
+                peaks[prec].append(
+                    measure_matmul_flops(cpu, DTYPES[prec], trials=3, seconds_per_trial=0.2)
+                )
                 peak = {prec: max(peaks[prec])}
                 overrides = [
                     *BASE, *ov, f"train.precision={prec}", f"train.max_steps={steps}",

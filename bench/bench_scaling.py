@@ -1,7 +1,8 @@
 """Data parallel on a fixed machine: 2 workers x 1 thread against 1 worker x 2 threads at
 the same global batch, gpt-tiny, through gobig's own worker loop.
 
-    .venv/bin/python bench/bench_scaling.py [--rounds 3] [--stages 2,0] [--out bench/results/scaling.md]
+    .venv/bin/python bench/bench_scaling.py [--rounds 3] [--stages 2,0]
+        [--out bench/results/scaling.md]
 
 A (data parallel): OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m train
     configs/gpt-tiny.yaml cluster.num_workers=2 train.micro_batch_size=8 zero.stage=S ...
