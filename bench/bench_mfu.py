@@ -40,10 +40,14 @@ MODELS = {
     "gpt-tiny (L4 d128 T128, micro 8)": (["train.micro_batch_size=8"], 30, 10),
     "gpt-wide (L6 d512 H8 T256, micro 4)": (
         [
-            "model.n_layer=6", "model.d_model=512", "model.n_head=8", "model.max_seq_len=256",
+            "model.n_layer=6",
+            "model.d_model=512",
+            "model.n_head=8",
+            "model.max_seq_len=256",
             "train.micro_batch_size=4",
         ],
-        15, 5,
+        15,
+        5,
     ),  # fmt: skip
 }
 BASE = ["cluster.num_workers=1", "zero.stage=0"]
@@ -286,9 +290,7 @@ def main() -> int:
         ]
         for cat in sorted(prof["totals"], key=lambda c: -prof["totals"][c]):
             v = prof["totals"][cat]
-            prof_lines.append(
-                f"| {cat} | {v / total:.1%} | {v / prof['active'] / 1e3:.1f} |"
-            )
+            prof_lines.append(f"| {cat} | {v / total:.1%} | {v / prof['active'] / 1e3:.1f} |")
         prof_lines += ["", "Top ops by self time:", "", "| op | share | ms / step |",
                        "| --- | ---: | ---: |"]  # fmt: skip
         for name, v in sorted(prof["top"].items(), key=lambda kv: -kv[1])[:15]:
@@ -303,8 +305,7 @@ def main() -> int:
         "",
         f"Machine: {machine_line()}; {threads} torch threads.",
         "",
-        "Each run (one per round, rounds interleaved; median of "
-        f"{args.repeats} rounds reported):",
+        f"Each run (one per round, rounds interleaved; median of {args.repeats} rounds reported):",
         "",
         *[f"- {m}, {p}: `{c}`" for (m, p), c in example_cmds.items()],
         "",
