@@ -44,6 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _report import write_report  # noqa: E402  (bench/ is the script's folder)
+
 from train import checkpoint as ckpt_io  # noqa: E402
 from train import loop  # noqa: E402
 
@@ -399,10 +401,7 @@ def main() -> int:
         f"Load average at the end: {load_avg[0]:.1f} / {load_avg[1]:.1f} / {load_avg[2]:.1f} "
         f"(1/5/15 min) on {os.cpu_count()} cores (the machine is shared).",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
     return 0
 
 

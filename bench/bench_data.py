@@ -24,6 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _report import write_report  # noqa: E402  (bench/ is the script's folder)
+
 from data_pipeline import Tokenizer, build_loader, prepare_source, write_image_shards  # noqa: E402
 from data_pipeline.builtin import BUILTINS, stdlib_files  # noqa: E402
 
@@ -157,10 +159,7 @@ def main() -> int:
         f"1-minute load average at the end: {load:.1f} on {os.cpu_count()} cores (the machine "
         "is shared; figures taken under load are lower, the training step most of all).",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
     return 0
 
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _report import write_report  # noqa: E402  (bench/ is the script's folder)
 from _train_runs import PYTHON, load_line, machine_line, run_train, shell  # noqa: E402
 
 from train.peak_flops import DTYPES, measure_matmul_flops  # noqa: E402
@@ -324,10 +325,7 @@ def main() -> int:
         f"Load average at the end: {load_line()} (the machine is shared with another "
         "benchmarking job).",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
     return 0
 
 

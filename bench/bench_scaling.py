@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _report import write_report  # noqa: E402  (bench/ is the script's folder)
 from _train_runs import load_line, machine_line, run_train, shell  # noqa: E402
 
 STEPS, LOG_EVERY = 30, 10
@@ -115,10 +116,7 @@ def main() -> int:
         )
     lines += [*[f"- {s}" for s in summary], "", f"Load average at the end: {load_line()} "
               "(the machine is shared with another benchmarking job)."]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
     return 0
 
 

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = [
     "configs/gpt-tiny.yaml", "cluster.num_workers=2", "zero.stage=2", "train.log_every=1",
@@ -121,10 +123,7 @@ def main() -> int:
     lines += ["", f"Medians of {args.rounds} rounds each; every round:", "",
               f"- start-up totals: {[round(r['total'], 1) for r in starts]}",
               f"- recovery totals: {[round(r['total'], 1) for r in recoveries]}"]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_report(lines, args.out)
     return 0
 
 
