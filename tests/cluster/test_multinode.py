@@ -84,6 +84,8 @@ def test_preemption_notice_checkpoints_before_the_node_goes(text_dataset, tmp_pa
     from ray.cluster_utils import Cluster
 
     # Ray Train polls drains every 5 s by default; a short run needs it sooner.
+    # The run is long (400 small steps) so that the notice, which takes a few
+    # seconds to send and notice on a loaded machine, arrives well before the end.
     monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.5")
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 2})
     cluster.add_node(num_cpus=1)
@@ -110,7 +112,7 @@ def test_preemption_notice_checkpoints_before_the_node_goes(text_dataset, tmp_pa
     try:
         code = gobig_main([
             "train", *text_overrides(text_dataset), *two_workers(tmp_path, "preempted"),
-            "train.max_steps=40", "train.checkpoint_every=1000", "optim.decay_steps=40",
+            "train.max_steps=400", "train.checkpoint_every=1000", "optim.decay_steps=400",
             "cluster.placement_strategy=SPREAD", "cluster.max_failures=3",
         ])  # fmt: skip
         chaos.join(timeout=60)
@@ -119,5 +121,5 @@ def test_preemption_notice_checkpoints_before_the_node_goes(text_dataset, tmp_pa
         cluster.shutdown()
     assert code == 0
     jit_step = int(events["jit"].name.removeprefix("step_"))
-    assert 3 <= jit_step < 40, "no checkpoint between the notice and the end"
-    assert sorted(train_losses(run_dir)) == list(range(1, 41))
+    assert 3 <= jit_step < 400, "no checkpoint between the notice and the end"
+    assert sorted(train_losses(run_dir)) == list(range(1, 401))
