@@ -2,6 +2,7 @@
 
     gobig data tokenizer --input PATH... --vocab-size N --model-type bpe --out DIR
     gobig data text --input PATH_OR_GLOB... --tokenizer MODEL --out DIR [--val-fraction F]
+                    [--val-split spread|tail]
     gobig data images --input FOLDER_OR_TAR --out DIR [--image-size N] [--val-fraction F]
 
 Bad input prints one line on stderr naming the file and exits with status 2.
@@ -43,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("file", "paragraph", "line"),
         default="file",
         help="what one document is (.jsonl: always one per line)",
+    )
+    text.add_argument(
+        "--val-split",
+        choices=("spread", "tail"),
+        default="spread",
+        help="validation = every 1/F-th document (spread) or the last F of the text (tail)",
     )
     text.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     text.add_argument("--overwrite", action="store_true")
@@ -86,6 +93,7 @@ def _run(args: argparse.Namespace) -> str:
             val_fraction=args.val_fraction,
             shard_size=args.shard_size,
             doc_split=args.split_docs,
+            val_split=args.val_split,
             workers=args.workers,
             progress=not args.quiet,
             overwrite=args.overwrite,

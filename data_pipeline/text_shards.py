@@ -5,8 +5,12 @@ token ids as a little-endian uint16 (uint32 when the vocabulary needs it) `.npy`
 written with `allow_pickle=False`. Documents are tokenized in a process pool (ordered
 `imap`), so the output is byte-identical whatever the number of workers.
 
-Validation documents are chosen by position: document i goes to "val" when
-floor((i+1)*F) > floor(i*F), i.e. exactly floor(N*F) documents, evenly spread.
+Validation text is chosen by position, in one of two ways (`val_split`):
+- "spread": document i goes to "val" when floor((i+1)*F) > floor(i*F), i.e. exactly
+  floor(N*F) documents, evenly spread;
+- "tail": the last F of the input text, counted in characters, is validation (the
+  document holding the cut is cut in two). One long text (a book, a play) becomes a
+  contiguous train part followed by a held-out continuation.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from data_pipeline.shard_writer import SplitShardWriter, parse_size, prepare_out
 from data_pipeline.tokenizer import INFO_FILE, MODEL_FILE, Tokenizer
 
 DOC_SPLITS = ("file", "paragraph", "line")
+VAL_SPLITS = ("spread", "tail")
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 
 
@@ -106,17 +111,44 @@ def _init_worker(model_path: str) -> None:
     _worker_tok = Tokenizer(model_path)
 
 
-def _encode_doc(text: str) -> tuple[bytes, int]:
+def _encode_doc(split_text: tuple[str, str]) -> tuple[str, bytes, int]:
     assert _worker_tok is not None
+    split, text = split_text
     ids = np.asarray(_worker_tok.encode(text), dtype=token_dtype(_worker_tok.vocab_size))
     buf = io.BytesIO()
     np.save(buf, ids, allow_pickle=False)
-    return buf.getvalue(), int(ids.size)
+    return split, buf.getvalue(), int(ids.size)
 
 
 def is_val(index: int, val_fraction: float) -> bool:
     """Whether item `index` belongs to the validation split (evenly spread, exact count)."""
     return int((index + 1) * val_fraction) > int(index * val_fraction)
+
+
+def split_documents(
+    files: list[Path], doc_split: str, val_fraction: float, val_split: str
+) -> Iterator[tuple[str, str]]:
+    """("train" | "val", text) for the documents of `files`; see the module docstring."""
+    if val_split not in VAL_SPLITS:
+        raise DataError(f"--val-split must be one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
+    if val_split == "spread":
+        for i, text in enumerate(iter_documents(files, doc_split)):
+            yield ("val" if is_val(i, val_fraction) else "train"), text
+        return
+    # tail: a first pass counts the characters, so the text itself is never held whole
+    total = sum(len(text) for text in iter_documents(files, doc_split))
+    cut = int(total * (1.0 - val_fraction))
+    pos = 0
+    for text in iter_documents(files, doc_split):
+        end = pos + len(text)
+        if end <= cut:
+            yield "train", text
+        elif pos >= cut:
+            yield "val", text
+        else:
+            yield "train", text[: cut - pos]
+            yield "val", text[cut - pos :]
+        pos = end
 
 
 def write_text_shards(
@@ -127,6 +159,7 @@ def write_text_shards(
     val_fraction: float = 0.0,
     shard_size: str | int = "64MB",
     doc_split: str = "file",
+    val_split: str = "spread",
     workers: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
@@ -140,6 +173,7 @@ def write_text_shards(
         val_fraction: share of documents for the "val" split, in [0, 1).
         shard_size: bytes per shard (archive size), e.g. "64MB".
         doc_split: "file", "paragraph" (blank-line separated) or "line".
+        val_split: "spread" (every 1/F-th document) or "tail" (the last F of the text).
         workers: tokenizer processes (default: all cores).
         progress: show a tqdm bar on stderr.
         overwrite: replace an earlier dataset in `out_dir`.
@@ -153,7 +187,7 @@ def write_text_shards(
     shutil.copyfile(tok.path, out / MODEL_FILE)
     (out / INFO_FILE).write_text(json.dumps(tok.info(), indent=2, sort_keys=True) + "\n")
     writers = {s: SplitShardWriter(out, s, max_bytes, tok.hash) for s in ("train", "val")}
-    docs = iter_documents(files, doc_split)
+    docs = split_documents(files, doc_split, val_fraction, val_split)
     workers = max(1, workers or os.cpu_count() or 1)
     if multiprocessing.current_process().daemon:  # daemons (DataLoader workers) can't fork
         workers = 1
@@ -168,8 +202,7 @@ def write_text_shards(
         encoded = map(_encode_doc, docs)
     counters = {"train": 0, "val": 0}
     try:
-        for i, (npy, n_tokens) in enumerate(encoded):
-            split = "val" if is_val(i, val_fraction) else "train"
+        for split, npy, n_tokens in encoded:
             key = f"{counters[split]:09d}"
             counters[split] += 1
             writers[split].write({"__key__": key, "tokens.npy": npy}, tokens=n_tokens)

@@ -83,6 +83,30 @@ def test_text_shards_are_deterministic_and_readable(tmp_path, shakespeare_part, 
         assert info.mtime == 0 and info.uname == "gobig"
 
 
+def test_tail_split_holds_out_the_end_of_the_text(tmp_path, shakespeare_part, tokenizer):
+    text = shakespeare_part.read_text()
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(text[: len(text) // 2])
+    second.write_text(text[len(text) // 2 :])
+    out = tmp_path / "ds"
+    code = main(
+        ["text", "--input", str(first), str(second), "--tokenizer", str(tokenizer.path),
+         "--out", str(out), "--val-fraction", "0.1", "--val-split", "tail", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    man = load_manifest(str(out / "manifest.json"))
+
+    def decoded(split):
+        urls = [str(out / s.name) for s in man.split_shards(split)]
+        docs = list(wds.WebDataset(urls, shardshuffle=False).decode())
+        return [tokenizer.decode(d["tokens.npy"].tolist()) for d in docs]
+
+    cut = int(len(text) * 0.9)
+    # the second file is cut in two: its head trains, its tail validates
+    assert decoded("train") == [text[: len(text) // 2], text[len(text) // 2 : cut]]
+    assert decoded("val") == [text[cut:]]
+
+
 def test_text_writer_refuses_to_mix_datasets_and_bad_inputs(
     tmp_path, shakespeare_part, tokenizer, capsys
 ):
