@@ -144,6 +144,9 @@ def build_attention_context(
     )
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection.
 
@@ -173,7 +176,19 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if ctx.kv_cache is not None:
             k, v = ctx.kv_cache.update(self.layer, k, v)
-        y = F.scaled_dot_product_attention(
+        dtype = q.dtype
+        if q.device.type == "cpu" and dtype in _HALF:
+            # CPU attention kernels in bf16/fp16 are slower than in fp32 (the
+            # backward most of all) and less exact; the projections around
+            # them keep the half precision. Autocast would cast back down.
+            with torch.autocast("cpu", enabled=False):
+                y = self._attend(q.float(), k.float(), v.float(), ctx)
+        else:
+            y = self._attend(q, k, v, ctx)
+        return self.proj(y.to(dtype).transpose(1, 2).reshape(b, t, self.d_model))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
@@ -181,4 +196,3 @@ class SelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=ctx.is_causal,
         )
-        return self.proj(y.transpose(1, 2).reshape(b, t, self.d_model))

@@ -187,3 +187,33 @@ def test_half_precision_weights_forward_and_cached_generation(small_config, dtyp
     assert logits.dtype == dtype and torch.isfinite(logits.float()).all()
     out = model.generate(ids, 4, temperature=0)
     assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("how", ["weights", "autocast"])
+def test_half_precision_attention_runs_in_fp32_on_cpu(small_config, monkeypatch, how):
+    """CPU's bf16 attention kernels are slower and less exact than fp32: gobig attends
+    in fp32 around bf16 projections, whether the weights or autocast make them bf16."""
+    import model.attention as attention
+
+    seen = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        out = sdpa(q, k, v, **kwargs)
+        seen.append((q.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = GPT(small_config("gpt", position="alibi"))
+    ids = torch.randint(64, (2, 8))
+    if how == "weights":
+        logits = model.to(torch.bfloat16)(ids)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids)
+    logits.float().sum().backward()
+    assert logits.dtype == torch.bfloat16
+    assert seen and all(d == (torch.float32, torch.float32) for d in seen)
+    assert all(p.grad is not None and torch.isfinite(p.grad.float()).all()
+               for p in model.parameters())  # fmt: skip
