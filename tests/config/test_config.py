@@ -13,7 +13,8 @@ from cluster.cli import main as gobig
 from train.config import ConfigError, ExperimentConfig, build_config, load_config
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
-REQUIRED = {"gpt-tiny", "gpt2-small", "bert-tiny", "bert-base", "vit-tiny", "vit-b16"}
+REQUIRED = {"gpt-tiny", "gpt2-small", "bert-tiny", "bert-base", "vit-tiny", "vit-b16",
+            "shakespeare-char"}  # fmt: skip
 
 USER_FACING_KEYS = [
     "model.name",
