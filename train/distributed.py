@@ -89,9 +89,9 @@ def _device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """The largest `value` of any rank."""
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """The largest of each value over all ranks (one collective for the whole list)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return tensor.tolist()

@@ -18,6 +18,7 @@ import torch
 
 from model import build_model
 from train import checkpoint as ckpt_io
+from train.async_checkpoint import BackgroundWrite, can_fork, capture_engine_writes
 from train.config.schema import ExperimentConfig
 from train.control import CONTINUE, STOP, Control
 from train.data import build_loaders
@@ -140,6 +141,7 @@ def fit(
     batches = iter(train_loader)
     t_start = time.perf_counter()
     units_at_start = tokens
+    pending: PendingCheckpoint | None = None
     timeline.mark("logging_setup")
 
     while state.step < config.train.max_steps:
@@ -173,8 +175,11 @@ def fit(
         if state.step == step + 1:
             timeline.mark("first_step")
             log.log(timeline.record(step))
-        request = _agree(control.poll(state.step), dist)
+        request, writing = _agree(control.poll(state.step), pending, dist)
         stop_now = request == STOP
+        if pending is not None and writing == _WRITE_DONE:
+            last_ckpt = _finish(pending, storage, config, dist, log, on_checkpoint, final_loss)
+            pending = None
 
         if state.step % config.train.log_every == 0 or is_last or stop_now:
             record = _train_record(engine, state, config, dist, model, flops_per_unit, peak)
@@ -188,11 +193,19 @@ def fit(
             if eval_metrics:
                 log.log({"kind": "eval", "step": state.step, **eval_metrics})
         if state.step % config.train.checkpoint_every == 0 or is_last or request != CONTINUE:
-            last_ckpt = save_checkpoint(
-                engine, train_loader, storage, state, config, dist, run_info.wandb_id
+            if pending is not None:  # the previous one is still being written: wait
+                last_ckpt = _finish(pending, storage, config, dist, log, on_checkpoint, final_loss)
+            # The last and stop checkpoints are synchronous: the run ends right after.
+            background = (
+                config.checkpoint.asynchronous and can_fork() and not is_last
+                and request == CONTINUE and config.zero.nvme_path is None
+            )  # fmt: skip
+            pending = start_checkpoint(
+                engine, train_loader, storage, state, config, dist, run_info.wandb_id, background
             )
-            if on_checkpoint is not None:
-                on_checkpoint(last_ckpt, {"step": state.step, "loss": final_loss})
+            if not background:
+                last_ckpt = _finish(pending, storage, config, dist, log, on_checkpoint, final_loss)
+                pending = None
         if stop_now:
             break
 
@@ -245,9 +258,27 @@ def _untracked_grad_norm(engine: Any) -> torch.Tensor | None:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
 
-def _agree(request: int, dist: DistInfo) -> int:
-    # Every rank must act at the same step: take the strongest request of any rank.
-    return int(all_reduce_max(float(request), dist.device))
+_WRITE_DONE, _WRITE_RUNNING, _WRITE_FAILED = 0, 1, 2
+
+
+def _agree(request: int, pending: PendingCheckpoint | None, dist: DistInfo) -> tuple[int, int]:
+    """(strongest control request, state of the background write) over all ranks.
+
+    Every rank must act at the same step: a stop any rank was asked for, and
+    the commit of a background checkpoint only once every rank's write is done.
+    """
+    writing = _WRITE_DONE
+    if pending is not None and pending.write is not None:
+        try:
+            writing = _WRITE_DONE if pending.write.done() else _WRITE_RUNNING
+        except ckpt_io.CheckpointError:
+            writing = _WRITE_FAILED
+    agreed = all_reduce_max([float(request), float(writing)], dist.device)
+    if agreed[1] == _WRITE_FAILED:
+        raise ckpt_io.CheckpointError(
+            f"{pending.path}: a rank's background checkpoint write failed (see its stderr)"
+        )
+    return int(agreed[0]), int(agreed[1])
 
 
 def _train_record(
@@ -292,48 +323,98 @@ def _peak_memory_gb(dist: DistInfo) -> float:
     return get_accelerator().max_memory_allocated(dist.device) / 2**30
 
 
-def save_checkpoint(
-    engine: Any, train_loader: Any, storage: RunStorage, state: _LoopState,
-    config: ExperimentConfig, dist: DistInfo, wandb_id: str,
-) -> Path:  # fmt: skip
-    """Write every rank's part, flush, then (rank 0) mark complete and prune.
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose files are written (or being written) but not yet marked."""
 
-    For a URI run the local checkpoint is then uploaded (every rank its share)
-    and rank 0 marks the remote copy complete, last.
-    """
-    run_dir = storage.local
-    ckpt = ckpt_io.step_dir(run_dir, state.step)
+    path: Path
+    meta: dict[str, Any]
+    write: BackgroundWrite | None  # None: written synchronously
+    blocking_s: float  # time training waited for it so far
+
+
+def start_checkpoint(
+    engine: Any, train_loader: Any, storage: RunStorage, state: _LoopState,
+    config: ExperimentConfig, dist: DistInfo, wandb_id: str, background: bool = False,
+) -> PendingCheckpoint:  # fmt: skip
+    """Write this rank's part of the checkpoint of the current step, or (background)
+    capture it and leave the writing to a forked child (train/async_checkpoint.py)."""
+    t0 = time.perf_counter()
+    ckpt = ckpt_io.step_dir(storage.local, state.step)
     # Rewriting a step in place (after falling back past a broken checkpoint):
     # the old marker must not vouch for half-rewritten files.
     (ckpt / ckpt_io.MARKER).unlink(missing_ok=True)
     if dist.is_main:
         storage.begin_checkpoint(ckpt)  # the same, for the remote copy
-    engine.save_checkpoint(str(ckpt), tag=ckpt_io.ENGINE_TAG, save_latest=False)
-    ckpt_io.save_rank_state(
-        ckpt, dist.rank, {"data": train_loader.state_dict(), "rng": capture_rng()}
-    )
-    ckpt_io.fsync_tree(ckpt)
+    rank_state = {"data": train_loader.state_dict(), "rng": capture_rng()}
+    write = None
+    if background:
+        with capture_engine_writes(engine) as files:
+            engine.save_checkpoint(str(ckpt), tag=ckpt_io.ENGINE_TAG, save_latest=False)
+        files.append((str(ckpt_io.rank_file(ckpt, dist.rank)), rank_state))
+        write = BackgroundWrite(files, ckpt)
+    else:
+        engine.save_checkpoint(str(ckpt), tag=ckpt_io.ENGINE_TAG, save_latest=False)
+        ckpt_io.save_rank_state(ckpt, dist.rank, rank_state)
+        ckpt_io.fsync_tree(ckpt)
+    meta = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "world_size": dist.world_size,
+        "zero_stage": config.zero.stage,
+        "config": config.to_dict(),
+        "tokenizer_hash": getattr(getattr(train_loader, "tokenizer", None), "hash", None),
+        "wandb_run_id": wandb_id,
+        "time": time.time(),
+    }
+    return PendingCheckpoint(ckpt, meta, write, time.perf_counter() - t0)
+
+
+def finish_checkpoint(
+    pending: PendingCheckpoint, storage: RunStorage, config: ExperimentConfig, dist: DistInfo
+) -> Path:
+    """Every rank: wait for its write; then (rank 0) mark complete and prune.
+
+    For a URI run the local checkpoint is then uploaded (every rank its share)
+    and rank 0 marks the remote copy complete, last.
+    """
+    t0 = time.perf_counter()
+    ckpt = pending.path
+    if pending.write is not None:
+        pending.write.wait()
     barrier()
     if storage.is_remote:
         storage.upload_share(ckpt, dist)
         barrier()
     if dist.is_main:
-        ckpt_io.mark_complete(
-            ckpt,
-            {
-                "step": state.step,
-                "tokens": state.tokens,
-                "world_size": dist.world_size,
-                "zero_stage": config.zero.stage,
-                "config": config.to_dict(),
-                "tokenizer_hash": getattr(getattr(train_loader, "tokenizer", None), "hash", None),
-                "wandb_run_id": wandb_id,
-                "time": time.time(),
-            },
-        )
-        ckpt_io.prune(run_dir, config.checkpoint.keep)
+        ckpt_io.mark_complete(ckpt, pending.meta)
+        ckpt_io.prune(storage.local, config.checkpoint.keep)
         storage.publish_checkpoint(ckpt, dist.world_size, config.checkpoint.keep)
     barrier()
+    pending.blocking_s += time.perf_counter() - t0
+    return ckpt
+
+
+def save_checkpoint(
+    engine: Any, train_loader: Any, storage: RunStorage, state: _LoopState,
+    config: ExperimentConfig, dist: DistInfo, wandb_id: str,
+) -> Path:  # fmt: skip
+    """Write every rank's part, flush, mark complete and prune, all before returning."""
+    pending = start_checkpoint(engine, train_loader, storage, state, config, dist, wandb_id)
+    return finish_checkpoint(pending, storage, config, dist)
+
+
+def _finish(
+    pending: PendingCheckpoint, storage: RunStorage, config: ExperimentConfig, dist: DistInfo,
+    log: MetricsLog, on_checkpoint: CheckpointCallback | None, loss: float | None,
+) -> Path:  # fmt: skip
+    ckpt = finish_checkpoint(pending, storage, config, dist)
+    step = pending.meta["step"]
+    write_s = pending.write.seconds if pending.write is not None else pending.blocking_s
+    log.log({"kind": "checkpoint", "step": step, "background": pending.write is not None,
+             "blocking_s": pending.blocking_s, "write_s": write_s})  # fmt: skip
+    if on_checkpoint is not None:
+        on_checkpoint(ckpt, {"step": step, "loss": loss})
     return ckpt
 
 

@@ -1,5 +1,9 @@
 """Where metrics go: one compact console line, metrics.jsonl, and W&B.
 
+Record kinds: "train" and "eval" (also sent to W&B), "startup" (per-attempt
+start-up timings) and "checkpoint" (how long each save took and how long
+training waited for it).
+
 Only rank 0 writes. After a resume, lines past the checkpoint's step are
 dropped from metrics.jsonl (they are recomputed) and W&B is sent only steps
 it has not seen, so no step is ever logged twice.
@@ -46,6 +50,14 @@ def format_eval_line(record: dict[str, Any]) -> str:
     return f"eval @ step {record['step']}: " + " | ".join(shown)
 
 
+def format_checkpoint_line(record: dict[str, Any]) -> str:
+    how = "in the background" if record["background"] else "synchronously"
+    return (
+        f"checkpoint @ step {record['step']}: written {how} in {record['write_s']:.2f} s, "
+        f"training waited {record['blocking_s']:.3f} s"
+    )
+
+
 class MetricsLog:
     """Rank 0's sink for training and evaluation records.
 
@@ -83,6 +95,9 @@ class MetricsLog:
             print(format_train_line(record, self.max_steps), flush=True)
         elif record["kind"] == "eval":
             print(format_eval_line(record), flush=True)
+        elif record["kind"] == "checkpoint":
+            print(format_checkpoint_line(record), flush=True)
+            return  # written at a later step than its own: W&B's history is monotonic
         else:
             print(format_startup_line(record), flush=True)
             return  # per-attempt timings: the run's W&B history is steps and evals

@@ -117,6 +117,11 @@ class RunConfig(Section):
 
 class CheckpointConfig(Section):
     keep: int = Field(3, ge=1, description="newest complete checkpoints kept")
+    asynchronous: bool = Field(
+        False,
+        description="write periodic checkpoints in a forked background process while "
+        "training goes on (the last and stop checkpoints are always written at once)",
+    )
 
 
 class WandbConfig(Section):
