@@ -14,10 +14,15 @@ from collections.abc import Iterator
 
 from train.config import ConfigError
 from train.config.schema import ExperimentConfig
+from train.process_env import training_env
 
 # Workers print gobig's own lines once (Ray Train would otherwise also echo
-# every print through its logger).
-WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONWARNINGS": "ignore::FutureWarning"}
+# every print through its logger), and start with the training environment.
+WORKER_ENV = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+    **training_env(),
+}
 
 
 def cluster_address(config: ExperimentConfig, cli_address: str | None = None) -> str | None:

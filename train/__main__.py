@@ -11,6 +11,10 @@ are one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+from train.process_env import apply_training_env
+
+apply_training_env()  # before torch is imported (train.config imports it)
+
 import argparse
 import sys
 from pathlib import Path

@@ -298,3 +298,15 @@ def test_peak_is_never_below_what_was_achieved(tmp_path, monkeypatch):
     configured = pf.PeakFlops(cpu, "fp32", 0.001)  # train.peak_tflops wins as given
     configured.raise_to(5e12)
     assert configured.value == 1e9
+
+
+def test_training_env_defaults_and_user_values_win(monkeypatch):
+    from cluster.ray_session import WORKER_ENV
+    from train.process_env import apply_training_env, training_env
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert training_env() == {"THP_MEM_ALLOC_ENABLE": "1"}
+    assert WORKER_ENV["THP_MEM_ALLOC_ENABLE"] == "1"  # Ray workers start with it
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    apply_training_env()
+    assert training_env() == {"THP_MEM_ALLOC_ENABLE": "0"}
