@@ -433,6 +433,7 @@ def _restore(
         barrier()
         load_universal_into(engine, ckpt, step)
     else:
+        ckpt_io.prefetch(ckpt / ckpt_io.ENGINE_TAG)
         load_path, _ = engine.load_checkpoint(
             str(ckpt), tag=ckpt_io.ENGINE_TAG, load_optimizer_states=True,
             load_lr_scheduler_states=True,
