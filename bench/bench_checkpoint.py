@@ -206,9 +206,11 @@ def async_round(engine, loader, storage, config, dist, step: int, n: int) -> dic
     before = train_steps(engine, batches, dist, n)
     state = loop._LoopState(step=step, tokens=0)
     os.sync()
+    TIMES.clear()
     t0 = time.perf_counter()
     pending = loop.start_checkpoint(engine, loader, storage, state, config, dist, "bench", True)
     t_start = time.perf_counter() - t0
+    t_fork = TIMES["fork"]
     beside = train_steps(engine, batches, dist, n)
     writing_done = pending.write.done()
     t0 = time.perf_counter()
@@ -216,6 +218,7 @@ def async_round(engine, loader, storage, config, dist, step: int, n: int) -> dic
     t_finish = time.perf_counter() - t0
     return {
         "start": t_start,
+        "fork": t_fork,
         "finish": t_finish,
         "stall": t_start + t_finish,
         "write": pending.write.seconds,
@@ -341,11 +344,13 @@ def main() -> int:
             os.waitpid(pid, 0)
         # --- asynchronous saves (gobig's code path) ---
         arows: dict[str, list[float]] = defaultdict(list)
+        os.fork = timed("fork", os.fork)  # the child's side returns too: it never reports
         for rnd in range(args.rounds + 1):  # round 0 is a warm-up
             r = async_round(engine, loader, storage, config, dist, 2000 + rnd, args.async_steps)
             print(
                 f"async round {rnd}: stall {r['stall'] * 1e3:.1f} ms (start "
-                f"{r['start'] * 1e3:.1f}, finish {r['finish'] * 1e3:.1f}), child wrote in "
+                f"{r['start'] * 1e3:.1f} of which fork {r['fork'] * 1e3:.1f}, finish "
+                f"{r['finish'] * 1e3:.1f}), child wrote in "
                 f"{r['write']:.2f}s, step {r['step_before'] * 1e3:.0f} ms before, "
                 f"{r['step_beside'] * 1e3:.0f} ms beside the writer",
                 flush=True,
@@ -451,6 +456,7 @@ def main() -> int:
         "| --- | ---: |",
         f"| training blocked: start (capture DeepSpeed's save + fork) "
         f"| {1e3 * median(arows['start']):.1f} ms |",
+        f"| of which fork() | {1e3 * median(arows['fork']):.1f} ms |",
         f"| training blocked: finish (wait for the child, mark complete, prune) "
         f"| {1e3 * median(arows['finish']):.1f} ms |",
         f"| **stall (start + finish)** | **{1e3 * median(arows['stall']):.1f} ms** |",

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 
 from train.checkpoint import CheckpointError, fsync_tree
-from train.engine_safety import SafeTorchCheckpointEngine
 
 Files = list[tuple[str, Any]]  # (path, object for torch.save)
 
@@ -62,20 +61,26 @@ def to_host(obj: Any) -> Any:
     return obj
 
 
-class CapturingCheckpointEngine(SafeTorchCheckpointEngine):
-    """DeepSpeed checkpoint engine whose `save` records instead of writing."""
+class CapturingCheckpointEngine:
+    """Stands in for DeepSpeed's checkpoint engine: `save` records instead of writing,
+    everything else goes to the engine it replaces."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.captured: Files = []
 
     def save(self, state_dict: Any, path: str) -> None:
         self.captured.append((path, to_host(state_dict)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 @contextlib.contextmanager
 def capture_engine_writes(engine: Any) -> Iterator[Files]:
     """Within the block, what `engine.save_checkpoint` would write lands in the list."""
     current = engine.checkpoint_engine
-    capturing = CapturingCheckpointEngine.__new__(CapturingCheckpointEngine)
-    capturing.__dict__.update(current.__dict__)
-    capturing.captured = []
+    capturing = CapturingCheckpointEngine(current)
     optimizer = getattr(engine, "optimizer", None)
     swap_optimizer = getattr(optimizer, "checkpoint_engine", None) is current
     engine.checkpoint_engine = capturing
