@@ -46,11 +46,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from train.process_env import apply_training_env  # noqa: E402
+
+apply_training_env()  # as in every gobig training process, before torch is imported
+
+import torch  # noqa: E402
 from _report import write_report  # noqa: E402  (bench/ is the script's folder)
 
 from train import checkpoint as ckpt_io  # noqa: E402
