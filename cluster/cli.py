@@ -187,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         print("gobig: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from cluster.jobs import JobsError
+        from cluster.errors import ClusterError
         from data_pipeline import DataError
 
-        if isinstance(exc, DataError | JobsError):
+        if isinstance(exc, DataError | ClusterError):
             print(f"gobig: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -22,6 +22,8 @@ from typing import Any
 
 import tomllib
 
+from cluster.errors import ClusterError
+
 SHIP_EXCLUDES = [
     ".venv", ".git", "runs", "wandb", "data", "*.egg-info", "__pycache__",
     ".pytest_cache", ".ruff_cache", "bench/results",
@@ -40,7 +42,7 @@ def enable_token_auth_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-class JobsError(RuntimeError):
+class JobsError(ClusterError):
     """The cluster could not be reached or refused the request (one-line message)."""
 
 

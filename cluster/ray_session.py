@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
+from cluster.errors import ClusterError
 from train.config import ConfigError
 from train.config.schema import ExperimentConfig
 from train.process_env import training_env
@@ -23,6 +25,33 @@ WORKER_ENV = {
     "PYTHONWARNINGS": "ignore::FutureWarning",
     **training_env(),
 }
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a host:port nobody listens on (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", ray:// and the like: Ray resolves them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
+
+
+def _connection_problem(address: str, exc: BaseException) -> str:
+    from ray.exceptions import AuthenticationError
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, AuthenticationError):
+            return (
+                f"the Ray cluster at {address} requires an auth token: set RAY_AUTH_TOKEN "
+                "or put the cluster's token in ~/.ray/auth_token"
+            )
+        cause = cause.__cause__ or cause.__context__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot connect to the Ray cluster at {address}: {first}"
 
 
 def cluster_address(config: ExperimentConfig, cli_address: str | None = None) -> str | None:
@@ -37,6 +66,10 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
     An already-initialised Ray (a caller's own, e.g. in tests or notebooks)
     is used as it is and left running.
     """
+    if address is not None:
+        from cluster.jobs import enable_token_auth_if_available
+
+        enable_token_auth_if_available()  # before Ray is imported: it reads the mode once
     import ray
 
     if ray.is_initialized():
@@ -68,7 +101,11 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
         # Ray refuses to merge the same keys twice).
         in_job = all(os.environ.get(k) == v for k, v in WORKER_ENV.items())
         runtime_env = None if in_job else {"env_vars": WORKER_ENV}
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+        except ConnectionError as exc:
+            raise ClusterError(_connection_problem(address, exc)) from None
         where = f"Ray cluster at {address}"
     try:
         yield where

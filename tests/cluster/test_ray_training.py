@@ -152,3 +152,17 @@ def test_uri_run_dir_on_ray(text_dataset, tmp_path):
     assert sorted(train_losses(home)) == [1, 2, 3, 4]
     assert newest_complete(home).name == "step_00000004"
     assert (home / "wandb").is_dir() and "run finished at step 4" in proc.stdout
+
+
+def test_unreachable_cluster_address_is_one_line_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on once the socket closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = gobig("train", "configs/gpt-tiny.yaml", "--address", f"127.0.0.1:{port}",
+                f"run.dir={tmp_path}", timeout=60)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"gobig: error: cannot connect to the Ray cluster at 127.0.0.1:{port}: Connection refused"
+    )
