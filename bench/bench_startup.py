@@ -8,20 +8,28 @@ Both come from the `"kind": "startup"` records each attempt writes to metrics.js
 and the moment of the kill. The experiment is configs/gpt-tiny.yaml with 2 workers
 at ZeRO-2 on an embedded local Ray, W&B disabled. Start-up is measured with the
 built-in corpus already prepared (a cold preparation is timed separately).
+
+Start-up is also measured against a Ray that is already running (`ray start --head`
+on 127.0.0.1, then `gobig train --address 127.0.0.1:PORT`), the way to skip Ray's own
+start when training repeatedly on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from _report import write_report
@@ -59,9 +67,45 @@ def gobig(args: list[str], env: dict) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def startup_round(runs: Path, env: dict, name: str) -> dict[str, float]:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_ray() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 (every port chosen here), stopped at the end; its address."""
+    ray_cmd = str(Path(sys.executable).with_name("ray"))
+    temp_dir = tempfile.mkdtemp(prefix="gbray", dir="/tmp")  # unix socket paths stay short
+    port = _free_port()
+    head = subprocess.Popen(
+        [ray_cmd, "start", "--head", "--block", f"--port={port}",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+         f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}",
+         "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(10)  # the head's own start, not part of any measured start-up
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def startup_round(runs: Path, env: dict, name: str, address: str | None = None) -> dict[str, float]:
     t0 = time.time()
-    proc = gobig([*BASE, "train.max_steps=3", f"run.dir={runs}", f"run.name={name}"], env)
+    where = ["--address", address] if address else []
+    args = [*BASE, "train.max_steps=3", f"run.dir={runs}", f"run.name={name}", *where]
+    proc = gobig(args, env)
     if proc.wait(timeout=600) != 0:
         raise SystemExit(f"start-up run {name} failed")
     return breakdown(records(runs / name, "startup")[0], t0)
@@ -104,6 +148,9 @@ def main() -> int:
         prepare_source("builtin:stdlib")
         cold_prep = time.time() - t
         starts = [startup_round(tmp_path / "runs", env, f"start{i}") for i in range(args.rounds)]
+        with running_ray() as address:
+            reused = [startup_round(tmp_path / "runs", env, f"reuse{i}", address)
+                      for i in range(args.rounds)]  # fmt: skip
         recoveries = [recovery_round(tmp_path / "runs", env, f"kill{i}")
                       for i in range(args.rounds)]  # fmt: skip
     lines = [
@@ -114,14 +161,19 @@ def main() -> int:
         f"Cold preparation of builtin:stdlib (tokenizer + shards, once per machine): "
         f"{cold_prep:.1f} s.", "",
         "| phase | start-up: `gobig train` -> first step (s) "
+        "| start-up on a running Ray (`--address`) (s) "
         "| recovery: SIGKILL -> first new step (s) |",
-        "| --- | ---: | ---: |",
+        "| --- | ---: | ---: | ---: |",
     ]  # fmt: skip
     start_med, rec_med = dict(median_table(starts)), dict(median_table(recoveries))
+    reuse_med = dict(median_table(reused))
     for key in start_med:
-        lines.append(f"| {key} | {start_med[key]:.1f} | {rec_med[key]:.1f} |")
+        lines.append(
+            f"| {key} | {start_med[key]:.1f} | {reuse_med[key]:.1f} | {rec_med[key]:.1f} |"
+        )
     lines += ["", f"Medians of {args.rounds} rounds each; every round:", "",
               f"- start-up totals: {[round(r['total'], 1) for r in starts]}",
+              f"- start-up totals on a running Ray: {[round(r['total'], 1) for r in reused]}",
               f"- recovery totals: {[round(r['total'], 1) for r in recoveries]}"]  # fmt: skip
     write_report(lines, args.out)
     return 0
