@@ -15,6 +15,8 @@ from train.config.schema import ExperimentConfig, OptimConfig
 
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.Embedding, nn.RMSNorm)
 _NO_DECAY_NAME_PARTS = ("embed", "token", "pos")
+# Device types torch's AdamW has a fused kernel for (torch >= 2.4).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -47,14 +49,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`; DeepSpeed's CPU Adam when the optimizer is offloaded."""
+    """AdamW over `param_groups` (fused where the device has the kernel); DeepSpeed's
+    CPU Adam when the optimizer is offloaded."""
     o = config.optim
     groups = param_groups(model, o.weight_decay)
     if config.zero.offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=o.lr, betas=o.betas, eps=o.eps, adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    fused = o.fused and _device_type() in FUSED_ADAMW_DEVICES
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None)
+
+
+def _device_type() -> str:
+    # Where DeepSpeed will put the parameters (they are still on the CPU here).
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
 
 
 def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:

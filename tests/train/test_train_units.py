@@ -64,6 +64,28 @@ def test_tied_embedding_is_exempt_once():
     assert "model.positions.embedding.weight" in no_decay
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_is_fused_on_request_and_steps_like_the_loop_version(fused):
+    from train.optim import build_optimizer
+
+    config = load_config(None, ["model.n_layer=1", f"optim.fused={str(fused).lower()}"])
+    torch.manual_seed(0)
+    model = TrainingModule(build_model(config.model))
+    optimizer = build_optimizer(model, config)
+    assert bool(optimizer.defaults["fused"]) is fused
+    # Same update as the per-parameter loop, to float rounding.
+    torch.manual_seed(0)
+    reference = TrainingModule(build_model(config.model))
+    loop = build_optimizer(reference, load_config(None, ["model.n_layer=1", "optim.fused=false"]))
+    for m in (model, reference):
+        for i, p in enumerate(m.parameters()):
+            p.grad = torch.full_like(p, 0.01 * (i + 1))
+    optimizer.step()
+    loop.step()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 # -- learning-rate schedule ---------------------------------------------------------
 
 

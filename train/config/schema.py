@@ -62,6 +62,10 @@ class OptimConfig(Section):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0.0)
     grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm; 0 disables")
+    fused: bool = Field(
+        True,
+        description="AdamW's fused kernel (all parameters in one pass) where the device has one",
+    )
 
 
 class ZeroConfig(Section):
