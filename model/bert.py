@@ -183,7 +183,7 @@ class BERT(TokenFlops, nn.Module):
             raise ValueError("no pooler: set model.pair_head or model.num_labels")
         return self.pooler(hidden)
 
-    def compute_loss(self, batch: dict[str, Tensor]) -> ModelOutput:
+    def compute_loss(self, batch: dict[str, Tensor], accuracy: bool = True) -> ModelOutput:
         """Sum of the losses whose targets the batch carries (encoding runs once).
 
         Args:
@@ -191,6 +191,7 @@ class BERT(TokenFlops, nn.Module):
                 "labels" [B, T] MLM targets (-100 on unselected tokens);
                 "pair_labels" [B] NSP/SOP targets (with a pair head);
                 "class_labels" [B] classification targets (with num_labels > 0).
+            accuracy: also compute the accuracies (an argmax per target).
 
         Returns:
             ModelOutput whose logits are the MLM logits when "labels" is given,
@@ -206,13 +207,11 @@ class BERT(TokenFlops, nn.Module):
         logits = None
         if "labels" in batch:
             logits = self.mlm_head(hidden)
-            loss, count, correct = cross_entropy_with_stats(logits, batch["labels"])
+            loss, count, correct = cross_entropy_with_stats(logits, batch["labels"], accuracy)
             losses.append(loss)
-            metrics.update(
-                mlm_loss=loss.detach(),
-                masked_accuracy=correct / count.clamp(min=1),
-                num_masked=count,
-            )
+            metrics.update(mlm_loss=loss.detach(), num_masked=count)
+            if correct is not None:
+                metrics["masked_accuracy"] = correct / count.clamp(min=1)
         pooled = None
         for key, head, name in (
             ("class_labels", self.classifier, "class"),
@@ -222,10 +221,11 @@ class BERT(TokenFlops, nn.Module):
                 continue
             pooled = self._pool(hidden) if pooled is None else pooled
             head_logits = head(pooled)
-            loss, count, correct = cross_entropy_with_stats(head_logits, batch[key])
+            loss, count, correct = cross_entropy_with_stats(head_logits, batch[key], accuracy)
             losses.append(loss)
             metrics[f"{name}_loss"] = loss.detach()
-            metrics[f"{name}_accuracy"] = correct / count.clamp(min=1)
+            if correct is not None:
+                metrics[f"{name}_accuracy"] = correct / count.clamp(min=1)
             logits = head_logits if logits is None else logits
         if logits is None:
             raise ValueError(

@@ -76,20 +76,23 @@ class GPT(TokenFlops, nn.Module):
         x = self.drop(self.positions(self.wte(input_ids), positions))
         return self.lm_head(self.transformer(x, ctx))
 
-    def compute_loss(self, batch: dict[str, Tensor]) -> ModelOutput:
+    def compute_loss(self, batch: dict[str, Tensor], accuracy: bool = True) -> ModelOutput:
         """Language-modelling loss.
 
         Args:
             batch: "input_ids" [B, T]; "labels" [B, T], already shifted so
                 labels[:, i] is the token after input_ids[:, i], -100 = ignore;
                 optional "attention_mask" [B, T].
+            accuracy: also compute next-token accuracy (an argmax per position).
 
         Returns:
             ModelOutput with metrics num_tokens (targets counted) and accuracy.
         """
         logits = self(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-        loss, count, correct = cross_entropy_with_stats(logits, batch["labels"])
-        metrics = {"num_tokens": count, "accuracy": correct / count.clamp(min=1)}
+        loss, count, correct = cross_entropy_with_stats(logits, batch["labels"], accuracy)
+        metrics = {"num_tokens": count}
+        if correct is not None:
+            metrics["accuracy"] = correct / count.clamp(min=1)
         return ModelOutput(loss=loss, logits=logits, metrics=metrics)
 
     @torch.no_grad()

@@ -106,18 +106,21 @@ class ViT(nn.Module):
         """Class logits [B, num_classes] for images [B, C, H, W]."""
         return self.head(self.features(images))
 
-    def compute_loss(self, batch: dict[str, Tensor]) -> ModelOutput:
+    def compute_loss(self, batch: dict[str, Tensor], accuracy: bool = True) -> ModelOutput:
         """Classification loss.
 
         Args:
             batch: "images" [B, C, H, W]; "labels" [B] class ids (-100 = ignore).
+            accuracy: also compute top-1 accuracy.
 
         Returns:
             ModelOutput with metrics accuracy and num_images.
         """
         logits = self(batch["images"])
-        loss, count, correct = cross_entropy_with_stats(logits, batch["labels"])
-        metrics = {"accuracy": correct / count.clamp(min=1), "num_images": count}
+        loss, count, correct = cross_entropy_with_stats(logits, batch["labels"], accuracy)
+        metrics = {"num_images": count}
+        if correct is not None:
+            metrics["accuracy"] = correct / count.clamp(min=1)
         return ModelOutput(loss=loss, logits=logits, metrics=metrics)
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -27,7 +27,8 @@ class TrainingModule(nn.Module):
             k: v.to(dtype) if torch.is_floating_point(v) and v.dtype != dtype else v
             for k, v in batch.items()
         }
-        return self.model.compute_loss(batch)
+        # Training steps log no accuracy: skip its argmax over the vocabulary.
+        return self.model.compute_loss(batch, accuracy=not self.training)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -83,3 +83,22 @@ def test_gpt2_style_initialisation():
     assert block.mlp.proj.weight.std().item() == pytest.approx(residual, rel=0.05)
     assert torch.count_nonzero(block.attn.qkv.bias) == 0
     assert torch.equal(block.ln_1.weight, torch.ones(256))
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "vit"])
+def test_loss_without_accuracy_is_the_same_loss(small_config, make_batch, family):
+    """Training steps skip the accuracy's argmax; the loss and its gradient stay put."""
+    from train.task import TrainingModule
+
+    torch.manual_seed(0)
+    config = small_config(family, **({"pair_head": "sop"} if family == "bert" else {}))
+    module = TrainingModule(build_model(config))
+    batch = make_batch(config)
+    if family == "bert":
+        batch["pair_labels"] = torch.randint(2, (batch["input_ids"].shape[0],))
+    full = module.eval()(batch)
+    lean = module.train()(batch)  # dropout is 0 in the small configs: same numbers
+    assert torch.equal(full.loss, lean.loss)
+    accuracies = {k for k in full.metrics if k.endswith("accuracy")}
+    assert accuracies and not accuracies & set(lean.metrics)
+    assert set(full.metrics) - accuracies == set(lean.metrics)
