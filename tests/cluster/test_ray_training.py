@@ -42,6 +42,21 @@ def test_gpt_end_to_end_ontwo_workers(gpt_run):
     assert (gpt_run / "config.yaml").is_file() and (gpt_run / "wandb").is_dir()
 
 
+def test_background_checkpoints_in_ray_workers(gpt_run, text_dataset, tmp_path):
+    """Ray workers fork their checkpoint writers; training is the reference's, step for
+    step, and every checkpoint ends complete."""
+    proc = gobig(
+        "train", *text_overrides(text_dataset), *two_workers(tmp_path, "async"),
+        f"train.max_steps={BASELINE_STEPS}", "checkpoint.asynchronous=true",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "async"
+    assert train_losses(run_dir) == train_losses(gpt_run)
+    saves = {r["step"]: r["background"] for r in read_metrics(run_dir) if r["kind"] == "checkpoint"}
+    assert saves == {2: True, 4: True, 6: True, 8: False}
+    assert all(verify(c) is None for c in list_checkpoints(run_dir))
+
+
 @pytest.mark.parametrize("family", ["bert", "vit"])
 def test_bert_and_vit_end_to_end(family, text_dataset, image_dataset, tmp_path):
     if family == "bert":
