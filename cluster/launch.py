@@ -47,12 +47,14 @@ def run_training(
         address: Ray cluster address; None for an embedded local Ray.
         resuming: continue from the newest complete checkpoint.
     """
-    from cluster.ray_session import ray_session
+    from cluster.ray_session import check_reachable, ray_session
     from train.storage import is_uri
 
     config = absolute_paths(config)
     if not is_uri(run_dir):  # a URI (s3://, gs://, file://) is passed on as it is
         run_dir = Path(run_dir).resolve()
+    if address is not None:
+        check_reachable(address)  # before seconds of data preparation
     _prepare_data(config)
     print(f"gobig: run directory {run_dir}", flush=True)
     with ray_session(config, address) as where:

@@ -27,7 +27,7 @@ WORKER_ENV = {
 }
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """Fail fast on a host:port nobody listens on (Ray itself retries for minutes)."""
     host, sep, port = address.rpartition(":")
     if "://" in address or not sep or not port.isdigit():
@@ -101,7 +101,6 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
         # Ray refuses to merge the same keys twice).
         in_job = all(os.environ.get(k) == v for k, v in WORKER_ENV.items())
         runtime_env = None if in_job else {"env_vars": WORKER_ENV}
-        _check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
         except ConnectionError as exc:
