@@ -17,22 +17,20 @@ start when training repeatedly on one machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from _report import write_report
+
+from cluster.local_head import local_ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = [
@@ -65,40 +63,6 @@ def gobig(args: list[str], env: dict) -> subprocess.Popen:
         [sys.executable, "-m", "cluster.cli", "train", *args], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_ray() -> Iterator[str]:
-    """A Ray head on 127.0.0.1 (every port chosen here), stopped at the end; its address."""
-    ray_cmd = str(Path(sys.executable).with_name("ray"))
-    temp_dir = tempfile.mkdtemp(prefix="gbray", dir="/tmp")  # unix socket paths stay short
-    port = _free_port()
-    head = subprocess.Popen(
-        [ray_cmd, "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}",
-         "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        time.sleep(10)  # the head's own start, not part of any measured start-up
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def startup_round(runs: Path, env: dict, name: str, address: str | None = None) -> dict[str, float]:
@@ -148,8 +112,9 @@ def main() -> int:
         prepare_source("builtin:stdlib")
         cold_prep = time.time() - t
         starts = [startup_round(tmp_path / "runs", env, f"start{i}") for i in range(args.rounds)]
-        with running_ray() as address:
-            reused = [startup_round(tmp_path / "runs", env, f"reuse{i}", address)
+        with local_ray_head() as head:
+            time.sleep(10)  # the head's own start, not part of any measured start-up
+            reused = [startup_round(tmp_path / "runs", env, f"reuse{i}", head.gcs)
                       for i in range(args.rounds)]  # fmt: skip
         recoveries = [recovery_round(tmp_path / "runs", env, f"kill{i}")
                       for i in range(args.rounds)]  # fmt: skip

@@ -3,60 +3,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from cluster.local_head import local_ray_head
 from tests.cluster.conftest import gobig, text_overrides, train_losses, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    ray_bin = Path(sys.executable).parent / "ray"  # the ray CLI beside this interpreter
-    ray_cmd = str(ray_bin) if ray_bin.is_file() else shutil.which("ray")
-    assert ray_cmd, "the ray command is not installed"
-    temp_dir = tempfile.mkdtemp(prefix="gbray", dir="/tmp")  # unix socket paths stay short
-    dash_port = _free_port()
-    head = subprocess.Popen(
-        [ray_cmd, "start", "--head", "--block", f"--port={_free_port()}",
-         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash_port}", f"--ray-client-server-port={_free_port()}",
-         # Every port chosen here, so another Ray on this machine cannot clash.
-         f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}",
-         "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{dash_port}"
-    try:
-        wait_for(lambda: gobig("jobs", "list", "--address", address, timeout=60).returncode == 0,
+    with local_ray_head() as head:
+        wait_for(lambda: gobig("jobs", "list", "--address", head.dashboard,
+                               timeout=60).returncode == 0,
                  120, "the Ray dashboard", interval=1.0)  # fmt: skip
-        yield address
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)  # whatever of the head is still there
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        yield head.dashboard
 
 
 def _token() -> str | None:
