@@ -85,24 +85,31 @@ def run_train(
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     train = [r for r in records if r.get("kind") == "train"]
     measured = train[1:]  # skip the first logging window: warm-up
+    tokens_per_s, data_wait_frac = steady_rate(train)
+    return {
+        "cmd": cmd,
+        "tokens_per_s": tokens_per_s,
+        "mfu": statistics.fmean(r["mfu"] for r in measured),  # equal-length windows
+        "data_wait_frac": data_wait_frac,
+        "step_time_s": statistics.fmean(r["step_time_s"] for r in measured),
+        "windows": [round(r["tokens_per_s"]) for r in measured],
+        "wall_s": wall,
+    }
+
+
+def steady_rate(train: list[dict]) -> tuple[float, float]:
+    """(tokens/s, data-wait fraction) over every logging window after the first (warm-up),
+    from a run's "train" records in order."""
     prev = train[0]["tokens_seen"]
     tokens = seconds = data = 0.0
-    for r in measured:
+    for r in train[1:]:
         n = r["tokens_seen"] - prev
         prev = r["tokens_seen"]
         t = n / r["tokens_per_s"]
         tokens += n
         seconds += t
         data += r["data_wait_frac"] * t
-    return {
-        "cmd": cmd,
-        "tokens_per_s": tokens / seconds,
-        "mfu": statistics.fmean(r["mfu"] for r in measured),  # equal-length windows
-        "data_wait_frac": data / seconds,
-        "step_time_s": statistics.fmean(r["step_time_s"] for r in measured),
-        "windows": [round(r["tokens_per_s"]) for r in measured],
-        "wall_s": wall,
-    }
+    return tokens / seconds, data / seconds
 
 
 def shell(cmd: list[str], threads: int | None = None) -> str:

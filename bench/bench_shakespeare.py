@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _report import write_report  # noqa: E402  (bench/ is the script's folder)
-from _train_runs import PYTHON, load_line, machine_line  # noqa: E402
+from _train_runs import PYTHON, load_line, machine_line, steady_rate  # noqa: E402
 
 CONFIG = "configs/shakespeare-char.yaml"
 DATASET = ROOT / "data" / "shakespeare-char"
@@ -78,12 +78,10 @@ def run_gobig(precision: str) -> dict:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
         metrics = next(Path(tmp).rglob("metrics.jsonl"))
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
-    train = [r for r in records if r.get("kind") == "train"][1:]  # first window: warm-up
+    train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    tokens = sum(r["tokens_per_s"] * r["step_time_s"] * WARMUP_STEPS for r in train)
-    seconds = sum(r["step_time_s"] * WARMUP_STEPS for r in train)
     return {
-        "tokens_per_s": tokens / seconds,
+        "tokens_per_s": steady_rate(train)[0],  # the first window is warm-up
         "val_loss": evals[-1]["val_loss"],
         "val_step": evals[-1]["step"],
         "wall_s": wall,
