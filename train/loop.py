@@ -395,15 +395,6 @@ def finish_checkpoint(
     return ckpt
 
 
-def save_checkpoint(
-    engine: Any, train_loader: Any, storage: RunStorage, state: _LoopState,
-    config: ExperimentConfig, dist: DistInfo, wandb_id: str,
-) -> Path:  # fmt: skip
-    """Write every rank's part, flush, mark complete and prune, all before returning."""
-    pending = start_checkpoint(engine, train_loader, storage, state, config, dist, wandb_id)
-    return finish_checkpoint(pending, storage, config, dist)
-
-
 def _finish(
     pending: PendingCheckpoint, storage: RunStorage, config: ExperimentConfig, dist: DistInfo,
     log: MetricsLog, on_checkpoint: CheckpointCallback | None, loss: float | None,
