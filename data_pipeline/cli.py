@@ -2,8 +2,12 @@
 
     gobig data tokenizer --input PATH... --vocab-size N --model-type bpe --out DIR
     gobig data text --input PATH_OR_GLOB... --tokenizer MODEL --out DIR [--val-fraction F]
-                    [--val-split spread|tail]
+                    [--val-split spread|tail] [--seed N | --no-shuffle]
     gobig data images --input FOLDER_OR_TAR --out DIR [--image-size N] [--val-fraction F]
+                      [--store auto|raw|encoded] [--seed N | --no-shuffle]
+
+Both writers write each split in a seeded random order (the seed is recorded in the
+manifest); `--no-shuffle` keeps the input order, for data whose order means something.
 
 Bad input prints one line on stderr naming the file and exits with status 2.
 """
@@ -14,6 +18,21 @@ import argparse
 import sys
 
 from data_pipeline.errors import DataError
+
+
+def _add_order_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the written order and validation choice"
+    )
+    parser.add_argument(
+        "--no-shuffle",
+        action="store_true",
+        help="write records in input order (validation: evenly spread over it)",
+    )
+
+
+def _shuffle_seed(args: argparse.Namespace) -> int | None:
+    return None if args.no_shuffle else args.seed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         default="spread",
         help="validation = every 1/F-th document (spread) or the last F of the text (tail)",
     )
+    _add_order_options(text)
     text.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     text.add_argument("--overwrite", action="store_true")
     text.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument(
         "--max-per-class", type=int, default=None, help="keep the first N images of each class"
     )
+    img.add_argument(
+        "--store",
+        choices=("auto", "raw", "encoded"),
+        default="auto",
+        help="raw uint8 pixel arrays, encoded JPEG/PNG, or auto (raw up to 64x64 pixels)",
+    )
+    _add_order_options(img)
     img.add_argument("--workers", type=int, default=None)
     img.add_argument("--overwrite", action="store_true")
     img.add_argument("--quiet", action="store_true")
@@ -94,6 +121,7 @@ def _run(args: argparse.Namespace) -> str:
             shard_size=args.shard_size,
             doc_split=args.split_docs,
             val_split=args.val_split,
+            shuffle_seed=_shuffle_seed(args),
             workers=args.workers,
             progress=not args.quiet,
             overwrite=args.overwrite,
@@ -112,6 +140,8 @@ def _run(args: argparse.Namespace) -> str:
         val_fraction=args.val_fraction,
         shard_size=args.shard_size,
         max_per_class=args.max_per_class,
+        store=args.store,
+        shuffle_seed=_shuffle_seed(args),
         workers=args.workers,
         progress=not args.quiet,
         overwrite=args.overwrite,

@@ -9,6 +9,7 @@ Schema (format "gobig-shards", version 1)::
       "dtype": "uint16" | "uint32",                                                 # text
       "classes": ["airplane", ...], "image_size": 32 | null,                         # image
       "class_counts": {"train": [..per class..], "val": [...]},                      # image
+      "shuffle_seed": 0 | null,   # seed of the written order (null: input order)
       "splits": {"train": {"shards": 3, "samples": 900, "tokens": 123456}, ...},
       "shards": [
         {"name": "train-000000.tar", "split": "train", "samples": 300,
@@ -61,6 +62,7 @@ class Manifest:
     classes: list[str] = field(default_factory=list)
     image_size: int | None = None
     class_counts: dict = field(default_factory=dict)
+    shuffle_seed: int | None = None
     url: str = ""  # where it was loaded from (not stored)
 
     def split_shards(self, split: str) -> list[ShardInfo]:
@@ -82,7 +84,9 @@ class Manifest:
             doc.update(
                 classes=self.classes, image_size=self.image_size, class_counts=self.class_counts
             )
-        doc.update(splits=splits, shards=[asdict(s) for s in self.shards])
+        doc.update(
+            shuffle_seed=self.shuffle_seed, splits=splits, shards=[asdict(s) for s in self.shards]
+        )
         return doc
 
     def save(self, directory: str | Path) -> Path:
@@ -113,6 +117,7 @@ def parse_manifest(doc: dict, url: str) -> Manifest:
         classes=doc.get("classes", []),
         image_size=doc.get("image_size"),
         class_counts=doc.get("class_counts", {}),
+        shuffle_seed=doc.get("shuffle_seed"),
         url=url,
     )
 

@@ -42,7 +42,7 @@ from data_pipeline.transforms import (
     gpt_batch,
     transform_rng,
     vit_batch,
-    vit_row,
+    vit_image,
 )
 
 
@@ -73,7 +73,7 @@ class Plan:
         """Raw webdataset sample -> record (ValueError when the record is bad)."""
         if self.kind == "vit":
 
-            def decode_image(sample: dict) -> tuple[bytes, int, str]:
+            def decode_image(sample: dict) -> tuple[bytes | np.ndarray, int, str]:
                 data, cls = parse_image(sample, self.num_classes)
                 return data, cls, str(sample.get("__key__"))
 
@@ -107,15 +107,16 @@ class Plan:
         return PackedItems(stream, length, stride, self.eos_id, block, permute)
 
     def row(self, epoch: int, index: int, payload: Any, counters: dict) -> Any:
-        """One batch row from an item (random choices seeded by (seed, epoch, index))."""
+        """One batch row from an item (random choices a function of (seed, epoch, index)).
+
+        ViT rows are (image, class, epoch, index): augmentation happens per batch."""
         if self.kind == "gpt":
             return payload
-        rng = transform_rng(self.seed, epoch, index)
         if self.kind == "bert":
-            return bert_row(payload, self.bert, rng)
+            return bert_row(payload, self.bert, transform_rng(self.seed, epoch, index))
         data, cls, key = payload
         try:
-            return vit_row(data, self.vit, rng), cls
+            return vit_image(data, self.vit.image_size), cls, epoch, index
         except (OSError, ValueError, SyntaxError) as exn:
             if self.on_error != "skip" or self.vit.image_size is None:
                 raise DataError(f"image sample {key} cannot be decoded: {exn}") from None
@@ -124,7 +125,7 @@ class Plan:
                 f"image sample {key} cannot be decoded ({exn}); using a blank image", stacklevel=2
             )
             size = self.vit.image_size
-            return np.zeros((3, size, size), dtype=np.float32), cls
+            return np.zeros((size, size, 3), dtype=np.uint8), cls, epoch, index
 
     def collate(self, rows: list) -> dict:
         """Stack rows into the batch dict of this kind."""
@@ -132,7 +133,7 @@ class Plan:
             return gpt_batch(rows)
         if self.kind == "bert":
             return bert_batch(rows, self.bert.pairs)
-        return vit_batch(rows)
+        return vit_batch(rows, self.vit, self.seed)
 
 
 class Producer(IterableDataset):

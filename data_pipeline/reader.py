@@ -14,13 +14,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data_pipeline.errors import ShardError
+from data_pipeline.tar_stream import iter_samples
 
 _NPY_MAGIC = b"\x93NUMPY"
-_SHAPE = re.compile(rb"'shape':\s*\((\d+),?\)")
+_SHAPE = re.compile(rb"'shape':\s*\(([\d,\s]*)\)")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
+PIXELS_KEY = "pixels.npy"  # decoded images stored as [H, W, 3] uint8 arrays
 
 
 def _describe(exn: BaseException) -> str:
@@ -49,8 +50,7 @@ def read_shard(url: str, name: str, expected: int) -> Iterator[dict]:
     count = 0
     complete = False
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}])
-        for sample in group_by_keys(files):
+        for sample in iter_samples(stream):
             count += 1
             if count > expected:
                 raise ShardError(name, f"holds more than the {expected} samples the manifest lists")
@@ -75,40 +75,66 @@ def read_shard(url: str, name: str, expected: int) -> Iterator[dict]:
         )
 
 
-def parse_tokens(data: bytes, dtype: np.dtype, vocab_size: int) -> np.ndarray:
-    """Token ids of a `tokens.npy` payload, checked (format, dtype, length, id range).
+def _npy_layout(data: bytes, what: str) -> tuple[bytes, tuple[int, ...], int]:
+    """(header, shape, offset of the data) of a `.npy` payload (v1/v2 layout).
 
-    Parsed by hand from the fixed .npy v1/v2 layout: `np.load` costs ~20 us per call,
-    which the GPT loader cannot afford per document.
+    Parsed by hand from the fixed layout: `np.load` costs ~20 us per call, which the
+    loaders cannot afford per record.
     """
     if data[:6] != _NPY_MAGIC:
-        raise ValueError("tokens.npy is not a .npy array")
+        raise ValueError(f"{what} is not a .npy array")
     if data[6] == 1:
         hlen, start = int.from_bytes(data[8:10], "little"), 10
     else:
         hlen, start = int.from_bytes(data[8:12], "little"), 12
     header = data[start : start + hlen]
-    if f"'descr': '{dtype.str}'".encode() not in header:
-        raise ValueError(f"tokens.npy is not a {dtype.name} array")
+    if b"'fortran_order': False" not in header:
+        raise ValueError(f"{what} is not a C-ordered array")
     m = _SHAPE.search(header)
     if m is None:
+        raise ValueError(f"{what} has no readable shape")
+    shape = tuple(int(d) for d in m.group(1).split(b",") if d.strip())
+    return header, shape, start + hlen
+
+
+def parse_tokens(data: bytes, dtype: np.dtype, vocab_size: int) -> np.ndarray:
+    """Token ids of a `tokens.npy` payload, checked (format, dtype, length, id range)."""
+    header, shape, offset = _npy_layout(data, "tokens.npy")
+    if f"'descr': '{dtype.str}'".encode() not in header:
+        raise ValueError(f"tokens.npy is not a {dtype.name} array")
+    if len(shape) != 1:
         raise ValueError("tokens.npy is not a 1-d array")
-    n = int(m.group(1))
-    if len(data) - start - hlen != n * dtype.itemsize:
+    n = shape[0]
+    if len(data) - offset != n * dtype.itemsize:
         raise ValueError(
-            f"tokens.npy holds {len(data) - start - hlen} bytes, expected {n * dtype.itemsize}"
+            f"tokens.npy holds {len(data) - offset} bytes, expected {n * dtype.itemsize}"
         )
-    ids = np.frombuffer(data, dtype=dtype, offset=start + hlen)
+    ids = np.frombuffer(data, dtype=dtype, offset=offset)
     if n and int(ids.max()) >= vocab_size:
         raise ValueError(f"token id {int(ids.max())} is outside the vocabulary ({vocab_size})")
     return ids
 
 
-def parse_image(sample: dict, num_classes: int) -> tuple[bytes, int]:
-    """(encoded image bytes, class index) of an image sample, checked."""
-    data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+def parse_pixels(data: bytes) -> np.ndarray:
+    """The [H, W, 3] uint8 image of a `pixels.npy` payload, checked, without a copy."""
+    header, shape, offset = _npy_layout(data, PIXELS_KEY)
+    if b"'descr': '|u1'" not in header:
+        raise ValueError(f"{PIXELS_KEY} is not a uint8 array")
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"{PIXELS_KEY} has shape {shape}, expected (height, width, 3)")
+    if len(data) - offset != shape[0] * shape[1] * 3:
+        raise ValueError(f"{PIXELS_KEY} holds {len(data) - offset} bytes for shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def parse_image(sample: dict, num_classes: int) -> tuple[bytes | np.ndarray, int]:
+    """(encoded image bytes or pixel array, class index) of an image sample, checked."""
+    if PIXELS_KEY in sample:
+        data: bytes | np.ndarray | None = parse_pixels(sample[PIXELS_KEY])
+    else:
+        data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None:
-        raise ValueError(f"no image ({'/'.join(IMAGE_KEYS)}) in sample")
+        raise ValueError(f"no image ({'/'.join((*IMAGE_KEYS, PIXELS_KEY))}) in sample")
     try:
         cls = int(sample["cls"])
     except (KeyError, ValueError):

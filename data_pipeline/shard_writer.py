@@ -8,9 +8,13 @@ boundaries that depend only on the sample sizes.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
+from array import array
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 
 from data_pipeline.errors import DataError
@@ -126,3 +130,95 @@ class SplitShardWriter:
         """Finish the last shard; the list of shards written."""
         self._finish()
         return self.shards
+
+
+class SplitWriter:
+    """One split's records, written in a seeded random order (or as they come).
+
+    The writers see their input in its own order (ImageFolder class by class, files in
+    name order); a loader's shuffle buffer cannot mix a shard that holds one class. With
+    `shuffle_seed` set, records are spooled to a temporary file beside the shards as they
+    arrive and written out on `close()` in a permutation seeded by (seed, split): the
+    input is read once, in order, and memory holds only offsets. Keys are the position
+    in the written order, so key order is shard order.
+
+    Args:
+        out_dir: output directory (also holds the spool while writing).
+        split: split name, the shard name prefix.
+        max_bytes: bytes per shard (see `SplitShardWriter`).
+        key_digits: width of the zero-padded `__key__`.
+        tokenizer: tokenizer hash recorded per shard (text shards).
+        shuffle_seed: seed of the written order; None keeps the arrival order.
+    """
+
+    def __init__(
+        self, out_dir: Path, split: str, max_bytes: int, key_digits: int, tokenizer: str = "",
+        shuffle_seed: int | None = None,
+    ) -> None:  # fmt: skip
+        self.shards = SplitShardWriter(out_dir, split, max_bytes, tokenizer)
+        self.key_digits = key_digits
+        self.shuffle_seed = shuffle_seed
+        self._written = 0
+        self._spool = None
+        if shuffle_seed is not None:
+            self._spool = tempfile.TemporaryFile(dir=out_dir, prefix=f".{split}-spool-")
+            self._fields: list[tuple[str, ...]] = []  # distinct field layouts
+            self._layout = array("l")  # per record: index into _fields
+            self._tokens = array("q")
+            self._lengths = array("q")  # every record's field lengths, concatenated
+            self._first = array("q")  # per record: its first entry in _lengths
+            self._offset = array("q")  # per record: where its bytes start in the spool
+            self._end = 0
+
+    def add(self, fields: dict[str, bytes], tokens: int = 0) -> None:
+        """Add one record: bytes per extension (no `__key__`: the writer assigns it)."""
+        if self._spool is None:
+            self._write(fields, tokens)
+            return
+        layout = tuple(fields)
+        if layout not in self._fields:
+            self._fields.append(layout)
+        self._layout.append(self._fields.index(layout))
+        self._tokens.append(tokens)
+        self._first.append(len(self._lengths))
+        self._offset.append(self._end)
+        for value in fields.values():
+            self._spool.write(value)
+            self._lengths.append(len(value))
+            self._end += len(value)
+
+    def close(self) -> list[ShardInfo]:
+        """Write out the spooled records (when shuffling); the shards written."""
+        if self._spool is not None:
+            self._spool.flush()
+            fd = self._spool.fileno()
+            rng = np.random.default_rng([self.shuffle_seed, _SPLIT_SALT, *self.shards.split.encode()])
+            for i in rng.permutation(len(self._offset)):
+                names = self._fields[self._layout[i]]
+                first = self._first[i]
+                fields, pos = {}, self._offset[i]
+                for k, name in enumerate(names):
+                    length = self._lengths[first + k]
+                    fields[name] = os.pread(fd, length, pos)
+                    pos += length
+                self._write(fields, self._tokens[i])
+            self._spool.close()
+            self._spool = None
+        return self.shards.close()
+
+    def _write(self, fields: dict[str, bytes], tokens: int) -> None:
+        key = f"{self._written:0{self.key_digits}d}"
+        self._written += 1
+        self.shards.write({"__key__": key, **fields}, tokens=tokens)
+
+
+def seeded_ranks(n: int, seed: int) -> np.ndarray:
+    """Each item's position in a seeded random order of `n` items (a permutation's
+    inverse): the order that validation items are drawn from."""
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[np.random.default_rng([seed, _VAL_SALT]).permutation(n)] = np.arange(n)
+    return ranks
+
+
+# Salts keep the order of the written records and the choice of validation items apart.
+_SPLIT_SALT, _VAL_SALT = 11, 12

@@ -5,12 +5,16 @@ token ids as a little-endian uint16 (uint32 when the vocabulary needs it) `.npy`
 written with `allow_pickle=False`. Documents are tokenized in a process pool (ordered
 `imap`), so the output is byte-identical whatever the number of workers.
 
-Validation text is chosen by position, in one of two ways (`val_split`):
-- "spread": document i goes to "val" when floor((i+1)*F) > floor(i*F), i.e. exactly
-  floor(N*F) documents, evenly spread;
+Validation text is chosen in one of two ways (`val_split`):
+- "spread": the document at position p of a seeded random order of the input goes to
+  "val" when floor((p+1)*F) > floor(p*F), i.e. exactly floor(N*F) documents drawn at
+  random (evenly spread over the input order when `shuffle_seed` is None);
 - "tail": the last F of the input text, counted in characters, is validation (the
   document holding the cut is cut in two). One long text (a book, a play) becomes a
   contiguous train part followed by a held-out continuation.
+
+Each split is then written in a seeded random order (`shard_writer.SplitWriter`), so a
+shard does not hold one input file's documents; `shuffle_seed=None` keeps input order.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from tqdm import tqdm
 
 from data_pipeline.errors import DataError
 from data_pipeline.manifest import Manifest
-from data_pipeline.shard_writer import SplitShardWriter, parse_size, prepare_out_dir
+from data_pipeline.shard_writer import SplitWriter, parse_size, prepare_out_dir, seeded_ranks
 from data_pipeline.tokenizer import INFO_FILE, MODEL_FILE, Tokenizer
 
 DOC_SPLITS = ("file", "paragraph", "line")
@@ -126,14 +130,19 @@ def is_val(index: int, val_fraction: float) -> bool:
 
 
 def split_documents(
-    files: list[Path], doc_split: str, val_fraction: float, val_split: str
-) -> Iterator[tuple[str, str]]:
+    files: list[Path], doc_split: str, val_fraction: float, val_split: str,
+    shuffle_seed: int | None = None,
+) -> Iterator[tuple[str, str]]:  # fmt: skip
     """("train" | "val", text) for the documents of `files`; see the module docstring."""
     if val_split not in VAL_SPLITS:
         raise DataError(f"--val-split must be one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
     if val_split == "spread":
+        ranks = None
+        if shuffle_seed is not None and val_fraction > 0:
+            # a first pass counts the documents: the random order is over all of them
+            ranks = seeded_ranks(sum(1 for _ in iter_documents(files, doc_split)), shuffle_seed)
         for i, text in enumerate(iter_documents(files, doc_split)):
-            yield ("val" if is_val(i, val_fraction) else "train"), text
+            yield ("val" if is_val(i if ranks is None else ranks[i], val_fraction) else "train"), text
         return
     # tail: a first pass counts the characters, so the text itself is never held whole
     total = sum(len(text) for text in iter_documents(files, doc_split))
@@ -160,6 +169,7 @@ def write_text_shards(
     shard_size: str | int = "64MB",
     doc_split: str = "file",
     val_split: str = "spread",
+    shuffle_seed: int | None = 0,
     workers: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
@@ -173,21 +183,28 @@ def write_text_shards(
         val_fraction: share of documents for the "val" split, in [0, 1).
         shard_size: bytes per shard (archive size), e.g. "64MB".
         doc_split: "file", "paragraph" (blank-line separated) or "line".
-        val_split: "spread" (every 1/F-th document) or "tail" (the last F of the text).
+        val_split: "spread" (every 1/F-th document of the random order) or "tail" (the
+            last F of the text).
+        shuffle_seed: seed of the validation choice and the written order (recorded in
+            the manifest); None writes the input order.
         workers: tokenizer processes (default: all cores).
         progress: show a tqdm bar on stderr.
         overwrite: replace an earlier dataset in `out_dir`.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if shuffle_seed is not None and shuffle_seed < 0:
+        raise DataError(f"--seed must be >= 0, got {shuffle_seed}")
     tok = Tokenizer(tokenizer)
     max_bytes = parse_size(shard_size)
     files = expand_inputs(inputs)
     out = prepare_out_dir(out_dir, overwrite)
     shutil.copyfile(tok.path, out / MODEL_FILE)
     (out / INFO_FILE).write_text(json.dumps(tok.info(), indent=2, sort_keys=True) + "\n")
-    writers = {s: SplitShardWriter(out, s, max_bytes, tok.hash) for s in ("train", "val")}
-    docs = split_documents(files, doc_split, val_fraction, val_split)
+    writers = {
+        s: SplitWriter(out, s, max_bytes, 9, tok.hash, shuffle_seed) for s in ("train", "val")
+    }
+    docs = split_documents(files, doc_split, val_fraction, val_split, shuffle_seed)
     workers = max(1, workers or os.cpu_count() or 1)
     if multiprocessing.current_process().daemon:  # daemons (DataLoader workers) can't fork
         workers = 1
@@ -200,12 +217,9 @@ def write_text_shards(
     else:
         _init_worker(str(tok.path))
         encoded = map(_encode_doc, docs)
-    counters = {"train": 0, "val": 0}
     try:
         for split, npy, n_tokens in encoded:
-            key = f"{counters[split]:09d}"
-            counters[split] += 1
-            writers[split].write({"__key__": key, "tokens.npy": npy}, tokens=n_tokens)
+            writers[split].add({"tokens.npy": npy}, tokens=n_tokens)
             bar.update(1)
     finally:
         bar.close()
@@ -219,6 +233,7 @@ def write_text_shards(
         shards=shards,
         dtype=token_dtype(tok.vocab_size).name,
         tokenizer={"hash": tok.hash, "vocab_size": tok.vocab_size, "file": MODEL_FILE},
+        shuffle_seed=shuffle_seed,
     )
     manifest.save(out)
     return manifest

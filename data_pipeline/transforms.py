@@ -1,10 +1,12 @@
 """Turning items into batch rows: GPT shift, BERT masking and pairs, ViT augmentation.
 
-Every random choice for item i of epoch e uses a generator seeded with (seed, e, i), so a
-row is the same whichever rank or worker builds it and after any resume.
+Every random choice for item i of epoch e is a function of (seed, e, i) alone, so a row is
+the same whichever rank or worker builds it and after any resume: BERT rows draw from a
+generator seeded with them, ViT crops and flips from a counter-based hash of them.
 
 ViT: the loader emits whole normalised images [B, C, H, W]; the model cuts them into
-patches (its patch embedding is a strided convolution).
+patches (its patch embedding is a strided convolution). Images are decoded (or taken as
+stored pixel arrays) one by one, then augmented and normalised a batch at a time.
 """
 
 from __future__ import annotations
@@ -110,40 +112,102 @@ class VitSpec:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def vit_row(data: bytes, spec: VitSpec, rng: np.random.Generator) -> np.ndarray:
-    """A normalised CHW float32 image.
-
-    Decode to RGB, resize to image_size when it differs; when augmenting: reflect-pad by
-    size/8, take a random size x size crop, flip horizontally with probability 1/2.
-    """
-    with Image.open(io.BytesIO(data)) as img:
+def vit_image(data: bytes | np.ndarray, size: int | None) -> np.ndarray:
+    """An HWC uint8 RGB image from encoded bytes or a stored pixel array, resized to
+    `size` x `size` when it differs (stored arrays of the right size are used as they are:
+    no decode, no copy)."""
+    if isinstance(data, np.ndarray):
+        if size is None or data.shape[:2] == (size, size):
+            return data
+        img = Image.fromarray(data)
+    else:
+        img = Image.open(io.BytesIO(data))
+    with img:
         img = img.convert("RGB")
-        size = spec.image_size
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.BICUBIC)
-        arr = np.asarray(img, dtype=np.uint8)
-    if spec.augment:
-        h, w = arr.shape[:2]
-        pad = max(1, h // 8)
-        padded = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-        y, x = rng.integers(0, 2 * pad + 1, size=2)
-        arr = padded[y : y + h, x : x + w]
-        if rng.random() < 0.5:
-            arr = arr[:, ::-1]
-    out = arr.astype(np.float32) * (1.0 / 255.0)
-    out = (out - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+        return np.asarray(img, dtype=np.uint8)
 
 
-def vit_batch(rows: list[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
-    """{"images": [B, C, H, W] float32, "labels": [B] int64}."""
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: well-spread 64-bit values from consecutive ones."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def item_bits(seed: int, epochs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """64 random bits per item, a function of (seed, epoch, item index) only.
+
+    A counter-based hash computed for a whole batch at once: a generator per image
+    (what text rows use) costs more than augmenting the image.
+    """
+    with np.errstate(over="ignore"):
+        key = _mix64(np.uint64(seed) + np.uint64(SALT_TRANSFORM << 56))
+        x = _mix64(key ^ _mix64(epochs.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+        return _mix64(x ^ indices.astype(np.uint64))
+
+
+def _reflect(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices mirrored into [0, n) at the edges (-1 -> 1, n -> n - 2), as reflect padding."""
+    index = np.abs(index)
+    return np.where(index >= n, 2 * (n - 1) - index, index)
+
+
+def augment_images(images: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Random crops of reflect-padded images and random horizontal flips, returned as
+    [B, C, H, W] from [B, H, W, C].
+
+    Each image is (virtually) padded by H // 8 on every side by mirroring and cropped back
+    to H x W at an offset taken from its `bits`; another bit flips it. Crop, flip and the
+    move to channels-first are one gather through a flat index: numpy's copies with
+    negative strides (flips, mirrored edges) cost ten times more on small images.
+    """
+    b, h, w, c = images.shape
+    pad = max(1, h // 8)
+    if pad >= min(h, w):
+        raise DataError(f"images of {h}x{w} pixels are too small to augment")
+    span = np.uint64(2 * pad + 1)
+    ys = (bits % span).astype(np.int64) - pad
+    xs = ((bits >> np.uint64(16)) % span).astype(np.int64) - pad
+    flip = ((bits >> np.uint64(32)) & np.uint64(1)).astype(bool)
+    rows = _reflect(ys[:, None] + np.arange(h), h)  # [B, H]
+    cols = xs[:, None] + np.arange(w)
+    cols = _reflect(np.where(flip[:, None], cols[:, ::-1], cols), w)  # [B, W]
+    index = (
+        np.arange(b)[:, None, None, None] * (h * w * c)
+        + np.arange(c)[None, :, None, None]
+        + rows[:, None, :, None] * (w * c)
+        + cols[:, None, None, :] * c
+    )  # [B, C, H, W] into the flat [B, H, W, C] batch
+    return np.take(images.reshape(-1), index)
+
+
+def vit_batch(
+    rows: list[tuple[np.ndarray, int, int, int]], spec: VitSpec, seed: int
+) -> dict[str, np.ndarray]:
+    """{"images": [B, C, H, W] float32 normalised, "labels": [B] int64} from rows of
+    (HWC uint8 image, class, epoch, item index), augmented (when `spec.augment`) and
+    normalised for the whole batch at once."""
     shapes = {r[0].shape for r in rows}
     if len(shapes) > 1:
         raise DataError(f"images differ in size {sorted(shapes)}; set data.image_size")
-    return {
-        "images": np.stack([r[0] for r in rows]),
-        "labels": np.array([r[1] for r in rows], dtype=np.int64),
-    }
+    images = np.stack([r[0] for r in rows])  # [B, H, W, C] uint8
+    if spec.augment:
+        epochs = np.array([r[2] for r in rows], dtype=np.int64)
+        indices = np.array([r[3] for r in rows], dtype=np.int64)
+        chw = augment_images(images, item_bits(seed, epochs, indices))
+    else:
+        chw = images.transpose(0, 3, 1, 2)
+    # (x / 255 - mean) / std as one multiply and one subtraction over the batch
+    std = np.asarray(spec.std, np.float32)
+    scale = (1.0 / (255.0 * std))[:, None, None]
+    shift = (np.asarray(spec.mean, np.float32) / std)[:, None, None]
+    out = np.empty(chw.shape, np.float32)
+    out[...] = chw
+    out *= scale
+    out -= shift
+    return {"images": out, "labels": np.array([r[1] for r in rows], dtype=np.int64)}
 
 
 def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

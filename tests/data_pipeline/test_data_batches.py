@@ -11,7 +11,7 @@ from dp_helpers import take
 from PIL import Image
 
 from data_pipeline import build_loader
-from data_pipeline.transforms import VitSpec, transform_rng, vit_row
+from data_pipeline.transforms import VitSpec, vit_batch, vit_image
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,10 +100,11 @@ def test_vit_images_augmented_and_normalised(image_ds):
 
     buf = io.BytesIO()
     Image.fromarray(np.stack([gradient * 8] * 3, axis=2).astype(np.uint8)).save(buf, "PNG")
+    image = vit_image(buf.getvalue(), 32)
     spec = VitSpec(32, augment=True)
-    rows = [vit_row(buf.getvalue(), spec, transform_rng(0, 0, i)) for i in range(20)]
+    rows = vit_batch([(image, 0, 0, i) for i in range(20)], spec, seed=0)["images"]
     assert len({r.tobytes() for r in rows}) > 5
-    again = vit_row(buf.getvalue(), spec, transform_rng(0, 0, 3))
-    assert np.array_equal(again, rows[3])
-    off = vit_row(buf.getvalue(), VitSpec(32, augment=False), transform_rng(0, 0, 3))
+    again = vit_batch([(image, 0, 0, 3)], spec, seed=0)["images"][0]
+    assert np.array_equal(again, rows[3])  # item 3's crop, whatever batch it is in
+    off = vit_batch([(image, 0, 0, 3)], VitSpec(32, augment=False), seed=0)["images"][0]
     assert off[0, 0, 1] > off[0, 0, 0]  # untouched: left-to-right gradient kept
