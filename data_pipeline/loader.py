@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from data_pipeline.errors import DataError, ShardError
 from data_pipeline.items import start_cursor
-from data_pipeline.producer import Plan, Producer
+from data_pipeline.label_mix import check_label_mix
+from data_pipeline.producer import DEFAULT_BLOCK, Plan, Producer
 from data_pipeline.sources import check_tokenizer, resolve_source
 from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, BertSpec, VitSpec, to_tensors
@@ -188,6 +189,23 @@ class StreamingLoader:
         )
         self.fingerprint = self._fingerprint()
         self._state = {"epoch": 0, "cursor": start_cursor()}
+        if cfg.kind == "vit" and cfg.rank == 0:
+            self._warn_if_unmixed()
+
+    def _warn_if_unmixed(self) -> None:
+        p = self.plan
+        counts = self.manifest.class_counts.get(self.config.split) or None
+        problem = check_label_mix(
+            p.shards, counts, p.seed, p.shuffle, p.shuffle_buffer or DEFAULT_BLOCK
+        )
+        if problem:
+            warnings.warn(
+                f"data source {self.config.source} (split {self.config.split}): {problem}; "
+                "shards written in class order cannot be mixed by the shuffle buffer: "
+                "rewrite them with `gobig data images` (it shuffles) or raise "
+                f"data.shuffle_buffer (now {p.shuffle_buffer})",
+                stacklevel=3,
+            )
 
     # -- information the trainer needs -----------------------------------------------
     @property

@@ -45,6 +45,8 @@ from data_pipeline.transforms import (
     vit_image,
 )
 
+DEFAULT_BLOCK = 1024  # records per order block when shuffle_buffer is 0
+
 
 @dataclass
 class Plan:
@@ -92,7 +94,7 @@ class Plan:
     ) -> RecordItems | PackedItems:
         """The item sequence of `epoch`."""
         # shuffle_buffer 0: shard order still shuffled, samples kept in shard order
-        block = self.shuffle_buffer or 1024
+        block = self.shuffle_buffer or DEFAULT_BLOCK
         permute = self.shuffle and self.shuffle_buffer > 0
         stream = RecordStream(
             self.shards, self.seed, epoch, self.shuffle, block, self.decoder(),

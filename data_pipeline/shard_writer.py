@@ -161,7 +161,8 @@ class SplitWriter:
         self._written = 0
         self._spool = None
         if shuffle_seed is not None:
-            self._spool = tempfile.TemporaryFile(dir=out_dir, prefix=f".{split}-spool-")
+            # closed in close(); unnamed, so nothing is left behind if writing fails
+            self._spool = tempfile.TemporaryFile(dir=out_dir, prefix=f".{split}-spool-")  # noqa: SIM115
             self._fields: list[tuple[str, ...]] = []  # distinct field layouts
             self._layout = array("l")  # per record: index into _fields
             self._tokens = array("q")
@@ -192,7 +193,8 @@ class SplitWriter:
         if self._spool is not None:
             self._spool.flush()
             fd = self._spool.fileno()
-            rng = np.random.default_rng([self.shuffle_seed, _SPLIT_SALT, *self.shards.split.encode()])
+            split = self.shards.split.encode()
+            rng = np.random.default_rng([self.shuffle_seed, _SPLIT_SALT, *split])
             for i in rng.permutation(len(self._offset)):
                 names = self._fields[self._layout[i]]
                 first = self._first[i]

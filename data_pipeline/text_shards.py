@@ -142,7 +142,8 @@ def split_documents(
             # a first pass counts the documents: the random order is over all of them
             ranks = seeded_ranks(sum(1 for _ in iter_documents(files, doc_split)), shuffle_seed)
         for i, text in enumerate(iter_documents(files, doc_split)):
-            yield ("val" if is_val(i if ranks is None else ranks[i], val_fraction) else "train"), text
+            position = i if ranks is None else ranks[i]
+            yield ("val" if is_val(position, val_fraction) else "train"), text
         return
     # tail: a first pass counts the characters, so the text itself is never held whole
     total = sum(len(text) for text in iter_documents(files, doc_split))

@@ -53,7 +53,10 @@ def build_loaders(config: ExperimentConfig, dist: DistInfo) -> tuple[Any, EvalBa
 
     train_loader = build_loader(family, config.data.source, split="train", **common)
     val_source = config.data.val_source or config.data.source
-    val_common = {**common, "num_workers": 0}
+    # Shuffled with the run's seed and restarted at every evaluation: a subset of
+    # `train.eval_batches` batches is the same mixed sample each time, not the first
+    # shards' records (which may hold a few classes or one part of the text).
+    val_common = {**common, "num_workers": 0, "shuffle": True}
     if family == "vit":
         val_common["augment"] = False
     val_loader = build_loader(family, val_source, split="val", **val_common)

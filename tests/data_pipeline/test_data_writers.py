@@ -79,7 +79,8 @@ def test_text_shards_are_deterministic_and_readable(tmp_path, shakespeare_part, 
     # every document once, in one split or the other (the order is the writer's own)
     written = sorted(tuple(x["tokens.npy"].tolist()) for x in samples)
     val_urls = [str(a / s.name) for s in val]
-    written_val = [tuple(x["tokens.npy"].tolist()) for x in wds.WebDataset(val_urls, shardshuffle=False).decode()]
+    val_samples = wds.WebDataset(val_urls, shardshuffle=False).decode()
+    written_val = [tuple(x["tokens.npy"].tolist()) for x in val_samples]
     assert sorted(written + written_val) == sorted(tuple(tokenizer.encode(d)) for d in docs)
     with tarfile.open(a / train[0].name) as tf:
         info = tf.getmembers()[0]
