@@ -30,7 +30,7 @@ from data_pipeline.manifest import MANIFEST_FILE
 from data_pipeline.text_shards import write_text_shards
 from data_pipeline.tokenizer import train_tokenizer
 
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: shards written in a seeded random order
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
 

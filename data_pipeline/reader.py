@@ -1,10 +1,11 @@
-"""Reading one shard with webdataset, and checking every record on the way.
+"""Reading one shard, and checking every record on the way.
 
-All readers see the same bytes, so every check here fails the same way on every rank and
-worker, which is what keeps `on_error: skip` consistent across the job. A shard is bad
-when it cannot be opened, its tar stream is damaged, it holds a different number of
-samples than the manifest says (tarfile treats a damaged header after the first as the end
-of the archive, so the count is what catches it), or a record fails to parse.
+Shards are opened with `webdataset.gopen` (paths, http(s), `pipe:`) and parsed by
+`tar_stream.iter_samples`. All readers see the same bytes, so every check here fails the
+same way on every rank and worker, which is what keeps `on_error: skip` consistent across
+the job. A shard is bad when it cannot be opened, its tar stream is damaged (a header
+checksum, a member cut short), it holds a different number of samples than the manifest
+says, or a record fails to parse.
 """
 
 from __future__ import annotations
