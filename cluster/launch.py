@@ -57,13 +57,14 @@ def run_training(
         check_reachable(address)  # before seconds of data preparation
     _prepare_data(config)
     print(f"gobig: run directory {run_dir}", flush=True)
-    with ray_session(config, address) as where:
+    with ray_session(config, address) as session:
         print(
             f"gobig: {'resuming' if resuming else 'training'} {config.model.name} with "
-            f"{config.cluster.num_workers} worker(s), ZeRO-{config.zero.stage}, on {where}",
+            f"{config.cluster.num_workers} worker(s), ZeRO-{config.zero.stage}, "
+            f"on {session.where}",
             flush=True,
         )
-        error = _fit_on_ray(config, run_dir)
+        error = _fit_on_ray(config, run_dir, loopback=session.embedded)
     if error is not None:
         print(f"gobig: error: training failed: {error}", file=sys.stderr)
         print(f"gobig: continue from the last checkpoint with: gobig resume {run_dir}",
@@ -82,20 +83,31 @@ def _prepare_data(config: ExperimentConfig) -> None:
             prepare_source(source)
 
 
-def _fit_on_ray(config: ExperimentConfig, run_dir: Path | str) -> BaseException | None:
+def _fit_on_ray(
+    config: ExperimentConfig, run_dir: Path | str, loopback: bool
+) -> BaseException | None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cluster.loopback import LoopbackTorchConfig
     from cluster.worker import train_worker
 
     c = config.cluster
     resources = {"CPU": c.cpus_per_worker, **c.resources_per_worker}
     if c.use_gpu:
         resources.setdefault("GPU", 1)
+    # One machine (the embedded Ray): the workers build their group on loopback.
+    torch_config = (LoopbackTorchConfig if loopback else TorchConfig)(
+        backend="nccl" if c.use_gpu else "gloo"
+    )
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir)},
-        torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+        train_loop_config={
+            "config": config.to_dict(),
+            "run_dir": str(run_dir),
+            "loopback": loopback,
+        },
+        torch_config=torch_config,
         scaling_config=ScalingConfig(
             num_workers=c.num_workers,
             use_gpu=c.use_gpu,

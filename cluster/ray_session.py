@@ -1,8 +1,9 @@
 """Connecting to Ray: an existing cluster by address, or an embedded local one.
 
-The embedded cluster binds to 127.0.0.1, runs no dashboard, and is shut down
-when the command ends. A cluster address comes from `--address`, then
-`cluster.address`, then RAY_ADDRESS.
+The embedded cluster listens on 127.0.0.1 only (cluster/loopback.py: Ray's
+servers, and the workers' process group), keeps its dashboard on loopback, and
+is shut down when the command ends. A cluster address comes from `--address`,
+then `cluster.address`, then RAY_ADDRESS.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from cluster.errors import ClusterError
 from train.config import ConfigError
@@ -59,9 +61,17 @@ def cluster_address(config: ExperimentConfig, cli_address: str | None = None) ->
     return cli_address or config.cluster.address or os.environ.get("RAY_ADDRESS") or None
 
 
+@dataclass(frozen=True)
+class RaySession:
+    """The Ray a run uses: a description, and whether gobig embedded it here."""
+
+    where: str
+    embedded: bool
+
+
 @contextlib.contextmanager
-def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
-    """Ray, connected for the duration of the block; yields a description.
+def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[RaySession]:
+    """Ray, connected for the duration of the block.
 
     An already-initialised Ray (a caller's own, e.g. in tests or notebooks)
     is used as it is and left running.
@@ -73,7 +83,7 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
     import ray
 
     if ray.is_initialized():
-        yield "the current Ray session"
+        yield RaySession("the current Ray session", embedded=False)
         return
     needed = config.cluster.num_workers * config.cluster.cpus_per_worker
     if address is None:
@@ -83,30 +93,35 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[str]:
                 f"cluster.num_workers x cluster.cpus_per_worker needs {needed:g} CPUs; "
                 f"this machine has {cpus} (lower them, or pass --address of a cluster)"
             )
-        ray.init(
-            # "local": a new embedded instance even if `ray start` left one running.
-            address="local",
-            num_cpus=cpus,
-            # Ray Train's bookkeeping queries the state API, which lives in the
-            # dashboard process; it listens on loopback only.
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            _node_ip_address="127.0.0.1",
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": WORKER_ENV},
-        )
-        where = "embedded local Ray (127.0.0.1)"
-    else:
-        # A submitted job already carries WORKER_ENV in its own runtime env (and
-        # Ray refuses to merge the same keys twice).
-        in_job = all(os.environ.get(k) == v for k, v in WORKER_ENV.items())
-        runtime_env = None if in_job else {"env_vars": WORKER_ENV}
-        try:
-            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
-        except ConnectionError as exc:
-            raise ClusterError(_connection_problem(address, exc)) from None
-        where = f"Ray cluster at {address}"
+        from cluster.loopback import embedded_on_loopback
+
+        with embedded_on_loopback():
+            ray.init(
+                # "local": a new embedded instance even if `ray start` left one running.
+                address="local",
+                num_cpus=cpus,
+                # Ray Train's bookkeeping queries the state API, which lives in the
+                # dashboard process; it listens on loopback only.
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                _node_ip_address="127.0.0.1",
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": WORKER_ENV},
+            )
+            try:
+                yield RaySession("embedded local Ray (127.0.0.1)", embedded=True)
+            finally:
+                ray.shutdown()
+        return
+    # A submitted job already carries WORKER_ENV in its own runtime env (and
+    # Ray refuses to merge the same keys twice).
+    in_job = all(os.environ.get(k) == v for k, v in WORKER_ENV.items())
+    runtime_env = None if in_job else {"env_vars": WORKER_ENV}
     try:
-        yield where
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+    except ConnectionError as exc:
+        raise ClusterError(_connection_problem(address, exc)) from None
+    try:
+        yield RaySession(f"Ray cluster at {address}", embedded=False)
     finally:
         ray.shutdown()

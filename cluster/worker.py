@@ -19,7 +19,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     """Ray Train's per-worker entry point.
 
     Args:
-        payload: {"config": ExperimentConfig.to_dict(), "run_dir": absolute path or URI}.
+        payload: {"config": ExperimentConfig.to_dict(), "run_dir": absolute path or URI,
+            "loopback": whether the workers build their process group on loopback}.
     """
     import ray.train
 
@@ -34,6 +35,10 @@ def train_worker(payload: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     _record_worker(run_dir, rank)
+    if payload.get("loopback"):
+        from cluster.loopback import join_group_on_loopback
+
+        join_group_on_loopback()
 
     def report(_path: Path, metrics: dict[str, Any]) -> None:
         ray.train.report({k: v for k, v in metrics.items() if v is not None})

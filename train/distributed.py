@@ -4,6 +4,11 @@ Ray Train and torchrun export RANK / WORLD_SIZE / MASTER_ADDR (Ray may also
 have created the group already); a plain `python -m train` gets a group of
 one on 127.0.0.1. The backend comes from DeepSpeed's accelerator (gloo on
 CPU, nccl on CUDA), so no code here names a device.
+
+Single-machine groups (a plain run, gobig's embedded Ray) listen on loopback
+only: `join_loopback_group` hands torch's rendezvous store a socket already
+bound to 127.0.0.1 (given just an address, the store listens on every
+interface) and pins gloo and NCCL to the loopback interface.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,10 +34,55 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+LOOPBACK = "127.0.0.1"
+# torch's default for process groups; collectives that take longer are hangs
+GROUP_TIMEOUT = timedelta(minutes=30)
+
+
+def loopback_listener() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 at a port the kernel picked (no race for it)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, 0))
+    sock.listen(128)
+    return sock
+
+
+def _loopback_interface() -> str | None:
+    names = [name for _, name in socket.if_nameindex()]
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def join_loopback_group(rank: int, world_size: int, port: int, listener: socket.socket | None):
+    """Create the default process group of a single-machine run, listening on loopback only.
+
+    Args:
+        rank: this process's rank.
+        world_size: processes in the group.
+        port: the port rank 0's `listener` is bound to.
+        listener: rank 0 only: a `loopback_listener()`; the store takes its descriptor.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    interface = _loopback_interface()
+    if interface:  # gloo otherwise binds what the host name resolves to; a user's choice wins
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port)
+    )
+    if rank == 0:
+        if listener is None:
+            raise ValueError("rank 0 serves the store: pass its loopback listener")
+        store = dist.TCPStore(
+            LOOPBACK, port, world_size, True, GROUP_TIMEOUT, master_listen_fd=listener.detach()
+        )
+    else:
+        store = dist.TCPStore(LOOPBACK, port, world_size, False, GROUP_TIMEOUT)
+    backend = get_accelerator().communication_backend_name()
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world_size, timeout=GROUP_TIMEOUT
+    )
 
 
 def init_distributed() -> DistInfo:
@@ -40,10 +91,9 @@ def init_distributed() -> DistInfo:
     from deepspeed.accelerator import get_accelerator
 
     if not dist.is_initialized() and "WORLD_SIZE" not in os.environ:
-        os.environ.update(
-            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-        )  # fmt: skip
+        listener = loopback_listener()  # a group of one, on loopback
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        join_loopback_group(0, 1, listener.getsockname()[1], listener)
     accelerator = get_accelerator()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
