@@ -9,7 +9,8 @@ encoded` / `raw`) and times, per image on one core, the median of `--repeats`:
 - the payload: JPEG decode (PIL) and the pixel array (`parse_pixels`);
 - augmentation and normalisation: one image at a time with a generator per image (the
   loader's earlier path, reproduced here) and the batch path (`vit_batch`);
-- the whole loader (`build_loader("vit")`, batch 64, augmented, 0 workers) on both.
+- the whole loader (`build_loader("vit")`, batch 64, augmented, 0 workers) on both, and
+  on pixel shards with one DataLoader worker (the batch handed across processes).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def read_gobig(path: str) -> list[dict]:
         return list(iter_samples(stream))
 
 
-def loader_rate(source: Path, images: int) -> float:
-    loader = build_loader("vit", str(source), batch_size=BATCH, augment=True)
+def loader_rate(source: Path, images: int, workers: int = 0) -> float:
+    loader = build_loader("vit", str(source), batch_size=BATCH, augment=True, num_workers=workers)
     it = iter(loader)
     next(it)  # first block read and start-up excluded
     start, n = time.perf_counter(), 0
@@ -148,6 +149,8 @@ def main() -> None:
                 loader_rate(shards["encoded"], n) for _ in range(args.repeats)),
             "whole loader, pixel shards": statistics.median(
                 loader_rate(shards["raw"], n) for _ in range(args.repeats)),
+            "whole loader, pixel shards, 1 DataLoader worker": statistics.median(
+                loader_rate(shards["raw"], n, workers=1) for _ in range(args.repeats)),
         }  # fmt: skip
     lines = [
         "# Image input: where a batch's time goes",

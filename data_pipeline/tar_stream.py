@@ -92,7 +92,7 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if kind == b"x":
             pax = _pax_records(data)
             continue
-        if kind == b"g":
+        if kind in (b"g", b"K"):  # pax globals, GNU long link names: nothing we use
             continue
         name = long_name or pax.get("path")
         if name is None:
