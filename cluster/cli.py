@@ -8,9 +8,9 @@
     gobig data   tokenizer|text|images ...                   prepare data
     gobig config [CONFIG] [key=value ...]                    print the resolved config
 
-Every user error ends as one line on stderr and exit code 2, never a
-traceback; heavy imports (torch, DeepSpeed, Ray) happen only in the
-subcommand that needs them.
+Every user error (a GobigError: data_pipeline/errors.py) ends as one line on
+stderr and exit code 2, never a traceback; heavy imports (torch, DeepSpeed,
+Ray) happen only in the subcommand that needs them.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from train.config import ConfigError, load_config
+from cluster.errors import UsageError
+from data_pipeline.errors import GobigError, report_error
+from train.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "gpt-tiny.yaml"
-
-
-class UsageError(ValueError):
-    """Bad command-line input; printed as one line, exit code 2."""
 
 
 def pop_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
@@ -180,20 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return func(argparse.Namespace(args=rest))
-    except (ConfigError, UsageError) as exc:
-        print(f"gobig: error: {exc}", file=sys.stderr)
-        return 2
+    except GobigError as exc:  # ConfigError, DataError, CheckpointError, ClusterError, ...
+        return report_error("gobig", exc)
     except KeyboardInterrupt:
         print("gobig: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        from cluster.errors import ClusterError
-        from data_pipeline import DataError
-
-        if isinstance(exc, DataError | ClusterError):
-            print(f"gobig: error: {exc}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ the job's entrypoint is `python -m cluster.cli train ...` on the cluster.
 
 Token authentication: when the cluster has it on, the client needs
 RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN, or Ray's token file).
-gobig turns the mode on whenever a token is available and never prints it.
+gobig turns the mode on whenever a token is available (cluster/ray_auth.py)
+and never prints it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shlex
 import sys
 import time
@@ -22,24 +22,15 @@ from typing import Any
 
 import tomllib
 
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, UsageError
+from cluster.ray_auth import TOKEN_FILE, enable_token_auth_if_available
 
 SHIP_EXCLUDES = [
     ".venv", ".git", "runs", "wandb", "data", "*.egg-info", "__pycache__",
     ".pytest_cache", ".ruff_cache", "bench/results",
 ]  # fmt: skip
-TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 STOP_GRACE_S = 300
-
-
-def enable_token_auth_if_available() -> None:
-    """Turn on Ray's token mode for this client when a token is at hand."""
-    if os.environ.get("RAY_AUTH_MODE"):
-        return
-    token_sources = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-    if any(os.environ.get(name) for name in token_sources) or TOKEN_FILE.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 class JobsError(ClusterError):
@@ -159,8 +150,6 @@ def wait_for_end(client: Any, job_id: str, timeout_s: float = 60.0) -> str:
 
 def jobs_command(address: str, args: list[str]) -> int:
     """`gobig jobs list | status ID | logs ID | stop ID`."""
-    from cluster.cli import UsageError
-
     if not args or args[0] not in ("list", "status", "logs", "stop"):
         raise UsageError("usage: gobig jobs list|status|logs|stop [JOB_ID] --address ADDR")
     action, rest = args[0], args[1:]

@@ -77,7 +77,7 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[RaySe
     is used as it is and left running.
     """
     if address is not None:
-        from cluster.jobs import enable_token_auth_if_available
+        from cluster.ray_auth import enable_token_auth_if_available
 
         enable_token_auth_if_available()  # before Ray is imported: it reads the mode once
     import ray

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_pipeline.errors import DataError
+from data_pipeline.errors import GobigError, report_error
 
 
 def _add_order_options(parser: argparse.ArgumentParser) -> None:
@@ -161,13 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         print(_run(args))
-    except DataError as exn:
-        print(f"gobig data {args.command}: error: {exn}", file=sys.stderr)
-        return 2
-    except OSError as exn:  # e.g. an output directory that cannot be written
-        where = f" {exn.filename}" if exn.filename else ""
-        print(f"gobig data {args.command}: error:{where} {exn.strerror or exn}", file=sys.stderr)
-        return 2
+    # OSError: e.g. an output directory that cannot be written.
+    except (GobigError, OSError) as exn:
+        return report_error(f"gobig data {args.command}", exn)
     return 0
 
 

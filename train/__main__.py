@@ -5,8 +5,9 @@
 
 RUN_DIR (and run.dir) may be a path or a URI (s3://, gs://, file://; train/storage.py).
 
-One process, or one process per rank under torchrun. Errors in the config
-are one line on stderr and exit code 2.
+One process, or one process per rank under torchrun. User errors (a bad
+config, bad data, a checkpoint that cannot be resumed: every GobigError) are
+one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from train.config import ConfigError, load_config
+from data_pipeline.errors import GobigError, report_error
+from train.config import load_config
 from train.run_dir import default_run_name, load_run_config, new_run_dir
 from train.storage import is_uri
 
@@ -38,19 +40,16 @@ def main(argv: list[str] | None = None) -> int:
             overrides = ns.args[1:] if path else ns.args
             config = load_config(path, overrides)
             run_dir = new_run_dir(config, _agreed_run_name(config))
-    except ConfigError as exc:
-        print(f"gobig: error: {exc}", file=sys.stderr)
-        return 2
+    except GobigError as exc:
+        return report_error("gobig", exc)
 
-    from data_pipeline import DataError
     from train.loop import fit
     from train.summary import print_summary
 
     try:
         result = fit(config, run_dir, resume=bool(ns.resume))
-    except (ConfigError, DataError) as exc:
-        print(f"gobig: error: {exc}", file=sys.stderr)
-        return 2
+    except GobigError as exc:  # ConfigError, DataError, CheckpointError
+        return report_error("gobig", exc)
     if result.is_main:
         print_summary(run_dir)
     return 0

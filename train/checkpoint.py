@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from data_pipeline.errors import GobigError
+
 CHECKPOINTS = "checkpoints"
 ENGINE_TAG = "deepspeed"
 UNIVERSAL_TAG = "universal"
@@ -33,7 +35,7 @@ MARKER = "COMPLETE"
 TRASH = ".trash"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GobigError, RuntimeError):
     """A checkpoint that exists but cannot be used."""
 
 

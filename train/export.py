@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_pipeline.errors import GobigError, report_error
 from model import ModelConfig, build_model
 from train import checkpoint as ckpt_io
 
@@ -34,7 +35,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class ExportError(ValueError):
+class ExportError(GobigError, ValueError):
     """A path that cannot be exported; str() is a one-line message naming it."""
 
 
@@ -214,9 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         ckpt = export_checkpoint(Path(ns.path), Path(ns.out))
-    except (ExportError, ckpt_io.CheckpointError) as exc:
-        print(f"gobig: error: {exc}", file=sys.stderr)
-        return 2
+    except GobigError as exc:  # ExportError, CheckpointError
+        return report_error("gobig", exc)
     print(f"exported {ckpt} to {ns.out}")
     return 0
 

@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from train.config.load import ConfigError
 from train.config.schema import ExperimentConfig
 
 
@@ -33,7 +34,7 @@ def start_wandb(config: ExperimentConfig, run_dir: Path, run_id: str, run_name: 
     if settings.mode == "disabled":
         return None
     if settings.mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        raise ValueError("logging.wandb.mode=online needs WANDB_API_KEY in the environment")
+        raise ConfigError("logging.wandb.mode=online needs WANDB_API_KEY in the environment")
     import wandb
 
     return wandb.init(

@@ -15,10 +15,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from data_pipeline.errors import GobigError
 from train.config.schema import ExperimentConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(GobigError, ValueError):
     """A config that cannot be used; str() is a one-line message for the user."""
 
 
