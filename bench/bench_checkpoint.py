@@ -144,14 +144,14 @@ def snapshot(engine: Any) -> tuple[float, dict[str, Any]]:
 def build(args: argparse.Namespace, run_dir: Path):
     """Config, dist, engine (one trained step), loader, storage: as train.loop.fit does."""
     from model import build_model
+    from train.checkpoint.storage import RunStorage
+    from train.checkpoint.weights import use_safe_checkpoint_loading
     from train.config.load import load_config
     from train.data import build_loaders
     from train.deepspeed_config import deepspeed_config
     from train.distributed import init_distributed
-    from train.engine_safety import use_safe_checkpoint_loading
     from train.optim import WarmupDecaySchedule, build_optimizer
     from train.rng import seed_all
-    from train.storage import RunStorage
     from train.task import TrainingModule, to_device
 
     config = load_config(

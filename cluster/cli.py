@@ -90,7 +90,7 @@ def _cmd_resume(ns: argparse.Namespace) -> int:
     address, args = pop_option(ns.args, "--address")
     if not args or "=" in args[0]:
         raise UsageError("usage: gobig resume RUN_DIR [dotted.key=value ...]")
-    from train.storage import is_uri
+    from train.checkpoint.location import is_uri
 
     run_dir, overrides = (args[0] if is_uri(args[0]) else Path(args[0])), args[1:]
     config = load_run_config(run_dir, overrides)

@@ -48,7 +48,7 @@ def run_training(
         resuming: continue from the newest complete checkpoint.
     """
     from cluster.ray_session import check_reachable, ray_session
-    from train.storage import is_uri
+    from train.checkpoint.location import is_uri
 
     config = absolute_paths(config)
     if not is_uri(run_dir):  # a URI (s3://, gs://, file://) is passed on as it is
@@ -132,7 +132,7 @@ class _stop_on_signals:
     """First Ctrl-C / SIGTERM: ask workers to checkpoint and stop. Second: abort."""
 
     def __init__(self, run_dir: Path | str):
-        from train.storage import RunStorage
+        from train.checkpoint.storage import RunStorage
 
         # A URI run's workers poll their staging directory; this reaches the
         # ones on the driver's node (an embedded local Ray: all of them).

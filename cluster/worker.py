@@ -1,9 +1,10 @@
-"""What each Ray Train worker runs: `train.loop.fit` with Ray's hooks.
+"""What each Ray Train worker runs: `train.trainer.fit` with Ray's hooks.
 
 Every rank reports to Ray Train once per checkpoint (the same number of
-times on every rank, as Ray requires). Restarts after a failure call this
-again; `fit` then resumes from the run directory's newest complete
-checkpoint. Ray's preemption notice triggers a just-in-time checkpoint.
+times on every rank, as Ray requires), through a Trainer callback
+(cluster/ray_report.py). Restarts after a failure call this again; `fit`
+then resumes from the run directory's newest complete checkpoint.
+Ray's preemption notice triggers a just-in-time checkpoint.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ def train_worker(payload: dict[str, Any]) -> None:
     """
     import ray.train
 
+    from cluster.ray_report import RayReport
+    from train.checkpoint.storage import RunStorage
     from train.config import build_config
     from train.control import Control
-    from train.loop import fit
-    from train.storage import RunStorage
+    from train.trainer import fit
 
     config = build_config(payload["config"], origin="config from the driver")
     storage = RunStorage(payload["run_dir"])
-    run_dir = storage.local  # a URI run's local staging directory (train/storage.py)
+    run_dir = storage.local  # a URI run's local staging directory (train/checkpoint/storage.py)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     _record_worker(run_dir, rank)
@@ -40,15 +42,12 @@ def train_worker(payload: dict[str, Any]) -> None:
 
         join_group_on_loopback()
 
-    def report(_path: Path, metrics: dict[str, Any]) -> None:
-        ray.train.report({k: v for k, v in metrics.items() if v is not None})
-
     control = Control(
         run_dir,
         preemption_probe=lambda: ray.train.get_preemption_info() is not None,
         probe_every=config.train.log_every,
     )
-    fit(config, str(storage), resume=True, on_checkpoint=report, control=control)
+    fit(config, str(storage), resume=True, callbacks=[RayReport()], control=control)
 
 
 def _record_worker(run_dir: Path, rank: int) -> None:

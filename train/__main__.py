@@ -3,7 +3,7 @@
     python -m train CONFIG [dotted.key=value ...]        a fresh run
     python -m train --resume RUN_DIR [dotted.key=value]  continue a run
 
-RUN_DIR (and run.dir) may be a path or a URI (s3://, gs://, file://; train/storage.py).
+RUN_DIR (and run.dir) may be a path or a URI (s3://, gs://, file://; train/checkpoint/location.py).
 
 One process, or one process per rank under torchrun. User errors (a bad
 config, bad data, a checkpoint that cannot be resumed: every GobigError) are
@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from data_pipeline.errors import GobigError, report_error
+from train.checkpoint.location import is_uri
 from train.config import load_config
 from train.run_dir import default_run_name, load_run_config, new_run_dir
-from train.storage import is_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except GobigError as exc:
         return report_error("gobig", exc)
 
-    from train.loop import fit
     from train.summary import print_summary
+    from train.trainer import fit
 
     try:
         result = fit(config, run_dir, resume=bool(ns.resume))

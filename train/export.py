@@ -30,6 +30,7 @@ from torch import nn
 from data_pipeline.errors import GobigError, report_error
 from model import ModelConfig, build_model
 from train import checkpoint as ckpt_io
+from train.families import family_of
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -95,6 +96,7 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
         "step": str(meta.get("step", "")),
         "tokenizer_hash": str(meta.get("tokenizer_hash") or ""),
         "checkpoint": str(ckpt),
+        "task": family_of(model_config.family).task,
     }
     # save_model stores a tied weight (GPT's LM head, BERT's decoder) once.
     save_model(model, str(out_dir / WEIGHTS_FILE), metadata=info)
@@ -149,7 +151,7 @@ def _zero_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
 @contextlib.contextmanager
 def _weights_only_torch_load(module: Any):
-    from train.engine_safety import safe_load
+    from train.checkpoint.weights import safe_load
 
     real = module.torch
 
@@ -170,7 +172,7 @@ def _weights_only_torch_load(module: Any):
 
 def _stage0_state_dict(ckpt: Path, model_config: ModelConfig) -> dict[str, torch.Tensor]:
     """Weights of a stage-0 checkpoint: the module, or the fp32 masters under bf16/fp16."""
-    from train.engine_safety import safe_load
+    from train.checkpoint.weights import safe_load
 
     path = ckpt / ckpt_io.ENGINE_TAG / "mp_rank_00_model_states.pt"
     if not path.is_file():

@@ -1,12 +1,13 @@
-"""Where metrics go: one compact console line, metrics.jsonl, and W&B.
+"""Where metrics go: one compact console line and metrics.jsonl.
 
-Record kinds: "train" and "eval" (also sent to W&B), "startup" (per-attempt
-start-up timings) and "checkpoint" (how long each save took and how long
-training waited for it).
+Record kinds: "train" and "eval" (W&B gets these too, through its callback),
+"startup" (per-attempt start-up timings) and "checkpoint" (how long each save
+took and how long training waited for it).
 
 Only rank 0 writes. After a resume, lines past the checkpoint's step are
-dropped from metrics.jsonl (they are recomputed) and W&B is sent only steps
-it has not seen, so no step is ever logged twice.
+dropped from metrics.jsonl (they are recomputed); `wandb_last_step` keeps
+the highest step an earlier attempt logged, which W&B already has and is
+not sent again, so no step is ever logged twice.
 """
 
 from __future__ import annotations
@@ -64,14 +65,12 @@ class MetricsLog:
     Args:
         run_dir: the run directory holding metrics.jsonl.
         max_steps: for the console line's progress.
-        wandb_run: a W&B run (or None) to mirror records to.
         enabled: False on ranks other than 0.
     """
 
-    def __init__(self, run_dir: Path, max_steps: int, wandb_run: Any = None, enabled: bool = True):
+    def __init__(self, run_dir: Path, max_steps: int, enabled: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
         self.max_steps = max_steps
-        self.wandb_run = wandb_run
         self.enabled = enabled
         self.wandb_last_step = -1
 
@@ -86,7 +85,7 @@ class MetricsLog:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append `record` (must have `kind` and `step`), print it, mirror to W&B."""
+        """Append `record` (must have `kind` and `step`) and print it."""
         if not self.enabled:
             return
         with open(self.path, "a") as fh:
@@ -97,15 +96,5 @@ class MetricsLog:
             print(format_eval_line(record), flush=True)
         elif record["kind"] == "checkpoint":
             print(format_checkpoint_line(record), flush=True)
-            return  # written at a later step than its own: W&B's history is monotonic
         else:
             print(format_startup_line(record), flush=True)
-            return  # per-attempt timings: the run's W&B history is steps and evals
-        step = record["step"]
-        if self.wandb_run is not None and step > self.wandb_last_step:
-            payload = {
-                f"{record['kind']}/{k}": v
-                for k, v in record.items()
-                if k not in ("kind", "step") and isinstance(v, int | float)
-            }
-            self.wandb_run.log(payload, step=step)

@@ -23,9 +23,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def measure_matmul_flops(
-    device: torch.device, dtype: torch.dtype, size: int = 1024, trials: int = 5,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int = 1024,
+    trials: int = 5,
     seconds_per_trial: float = 0.1,
-) -> float:  # fmt: skip
+) -> float:
     """Best sustained FLOP/s of `size`-square matmuls over a few short trials.
 
     The best trial, not the mean: a peak is what the hardware can do, and a

@@ -3,7 +3,7 @@
     RUN_DIR/config.yaml     the resolved config of the latest attempt
     RUN_DIR/run.json        run name and W&B run id, stable across attempts
     RUN_DIR/metrics.jsonl   see train/metrics_log.py
-    RUN_DIR/checkpoints/    see train/checkpoint.py
+    RUN_DIR/checkpoints/    see train/checkpoint/
     RUN_DIR/wandb/          W&B's own files
 
 Only rank 0 writes here (other ranks may not even share the file system).
@@ -11,17 +11,20 @@ Only rank 0 writes here (other ranks may not even share the file system).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from train.callbacks.wandb_log import new_run_id
 from train.config.schema import ExperimentConfig
 from train.control import clear_stop
 from train.distributed import DistInfo
-from train.wandb_run import new_run_id
 
 CONFIG_SNAPSHOT = "config.yaml"
 RUN_INFO = "run.json"
@@ -34,9 +37,12 @@ class RunInfo:
 
 
 def prepare_run_dir(
-    run_dir: Path, config: ExperimentConfig, dist: DistInfo, meta: dict[str, Any] | None,
+    run_dir: Path,
+    config: ExperimentConfig,
+    dist: DistInfo,
+    meta: dict[str, Any] | None,
     name: str | None = None,
-) -> RunInfo:  # fmt: skip
+) -> RunInfo:
     """Create the run directory (rank 0) and settle the run's name and W&B id.
 
     The W&B id comes from the checkpoint being resumed, else from run.json,
@@ -72,16 +78,12 @@ def default_run_name(config: ExperimentConfig) -> str:
 
 def new_run_dir(config: ExperimentConfig, name: str) -> Path | str:
     """The directory (a path, or a URI) for a fresh run; refuses one holding checkpoints."""
-    from train.checkpoint import list_checkpoints
+    from train.checkpoint.location import join_run_dir
+    from train.checkpoint.storage import RunStorage
     from train.config import ConfigError
-    from train.storage import RunStorage, is_uri, join_run_dir
 
     run_dir = join_run_dir(config.run.dir, name)
-    if is_uri(run_dir):
-        taken = bool(RunStorage(run_dir).list_checkpoints())
-    else:
-        taken = bool(list_checkpoints(run_dir))
-    if taken:
+    if RunStorage(run_dir).list_checkpoints():
         raise ConfigError(
             f"run.name: {run_dir} already holds checkpoints; continue it with "
             f"`gobig resume {run_dir}` or choose another run.name"
@@ -91,18 +93,17 @@ def new_run_dir(config: ExperimentConfig, name: str) -> Path | str:
 
 def load_run_config(run_dir: Path | str, overrides: list[str]) -> ExperimentConfig:
     """The config a run (a path, or a URI) was started with, plus `overrides` (for resuming)."""
-    from train.checkpoint import newest_complete
+    from train.checkpoint.location import split_run_dir
+    from train.checkpoint.storage import RunStorage
     from train.config import ConfigError, load_config
-    from train.storage import is_uri, split_run_dir
 
-    if is_uri(run_dir):
-        config = _load_remote_run_config(str(run_dir), overrides)
-    else:
-        snapshot = Path(run_dir) / CONFIG_SNAPSHOT
-        if not snapshot.is_file():
-            raise ConfigError(f"{run_dir}: not a gobig run directory (no {CONFIG_SNAPSHOT})")
-        if newest_complete(Path(run_dir)) is None:
-            raise ConfigError(f"{run_dir}: no complete checkpoint to resume from")
+    storage = RunStorage(run_dir)
+    text = storage.read_text(CONFIG_SNAPSHOT)
+    if text is None:
+        raise ConfigError(f"{run_dir}: not a gobig run directory (no {CONFIG_SNAPSHOT})")
+    if storage.newest_complete() is None:
+        raise ConfigError(f"{run_dir}: no complete checkpoint to resume from")
+    with _snapshot_file(storage, text) as snapshot:
         config = load_config(snapshot, overrides)
     parent, name = split_run_dir(run_dir)
     # The run keeps its place: resuming never moves it elsewhere.
@@ -111,21 +112,14 @@ def load_run_config(run_dir: Path | str, overrides: list[str]) -> ExperimentConf
     )
 
 
-def _load_remote_run_config(uri: str, overrides: list[str]) -> ExperimentConfig:
-    # The snapshot is read through pyarrow.fs into a temporary file, since
-    # load_config reads files; the checkpoint is checked where it lives.
-    import tempfile
-
-    from train.config import ConfigError, load_config
-    from train.storage import RunStorage
-
-    storage = RunStorage(uri)
-    text = storage.read_text(CONFIG_SNAPSHOT)
-    if text is None:
-        raise ConfigError(f"{uri}: not a gobig run directory (no {CONFIG_SNAPSHOT})")
-    if storage.newest_complete() is None:
-        raise ConfigError(f"{uri}: no complete checkpoint to resume from")
+@contextlib.contextmanager
+def _snapshot_file(storage: Any, text: str) -> Iterator[Path]:
+    # load_config reads files (and names them in its errors): a local run's own
+    # snapshot, or a remote one's copied into a temporary file.
+    if not storage.is_remote:
+        yield storage.local / CONFIG_SNAPSHOT
+        return
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = Path(tmp) / CONFIG_SNAPSHOT
         snapshot.write_text(text)
-        return load_config(snapshot, overrides)
+        yield snapshot

@@ -18,7 +18,7 @@ def result_record(result: Any) -> dict[str, Any]:
     return {
         "step": result.step,
         "final_loss": result.final_loss,
-        "throughput": result.tokens_per_s,
+        "throughput": result.throughput,
         "unit": result.unit,
         "stopped_early": result.stopped_early,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
@@ -31,7 +31,8 @@ def write_result(run_dir: Path, result: Any) -> None:
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
-    from train.storage import RunStorage, is_uri
+    from train.checkpoint.location import is_uri
+    from train.checkpoint.storage import RunStorage
 
     if is_uri(run_dir):  # a URI run: read where it lives (rank 0 uploaded it at the end)
         text = RunStorage(run_dir).read_text(RESULT_FILE)
@@ -42,7 +43,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
 
 def summary_lines(record: dict[str, Any], run_dir: str | Path) -> list[str]:
     """The closing summary: state, losses, throughput, where the run is."""
-    from train.storage import join_run_dir
+    from train.checkpoint.location import join_run_dir
 
     state = "stopped early" if record["stopped_early"] else "finished"
     lines = [f"gobig: run {state} at step {record['step']}"]

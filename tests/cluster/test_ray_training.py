@@ -149,7 +149,7 @@ def test_sigterm_on_the_driver_checkpoints_and_stops(text_dataset, tmp_path):
 def test_uri_run_dir_on_ray(text_dataset, tmp_path):
     # file:// goes through pyarrow.fs like s3:// or gs://: workers stage
     # locally, upload their shards, and rank 0 marks the remote copy complete.
-    from train.storage import staging_dir
+    from train.checkpoint.location import staging_dir
 
     home = tmp_path / "remote" / "uri"
     uri = f"file://{home}"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from train.storage import split_run_dir
+from train.checkpoint.location import split_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6  # a straight run: 2N steps

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.train.conftest import HALF, STEPS, copy_run, gpt_args, run_train
-from train.async_checkpoint import BackgroundWrite, write_files
 from train.checkpoint import MARKER, CheckpointError, read_meta, step_dir, verify
+from train.checkpoint.background import BackgroundWrite, write_files
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -11,7 +11,7 @@ import yaml
 from data_pipeline import Tokenizer
 from tests.train.conftest import STEPS, gpt_args, run_train
 from train.checkpoint import MARKER, list_checkpoints, newest_complete, rank_file, read_meta
-from train.engine_safety import safe_load
+from train.checkpoint.weights import safe_load
 
 pytestmark = pytest.mark.timeout(600)
 

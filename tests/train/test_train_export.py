@@ -12,7 +12,7 @@ import torch
 from model import ModelConfig, build_model
 from tests.train.conftest import ROOT, gpt_args, run_train
 from train.checkpoint import newest_complete, read_meta
-from train.engine_safety import safe_load
+from train.checkpoint.weights import safe_load
 from train.export import CONFIG_FILE, WEIGHTS_FILE, export_checkpoint, load_exported, main
 from train.task import strip_wrapper_prefix
 

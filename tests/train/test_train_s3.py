@@ -24,7 +24,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.train.conftest import HALF, STEPS, base_env, gpt_args, run_train
-from train.storage import RunStorage, join_run_dir, staging_dir
+from train.checkpoint.location import join_run_dir, staging_dir
+from train.checkpoint.storage import RunStorage
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -15,10 +15,11 @@ import pytest
 
 from tests.train.conftest import HALF, STEPS, base_env, gpt_args, run_train
 from train.checkpoint import MARKER, step_dir, verify
+from train.checkpoint.location import join_run_dir, split_run_dir, staging_dir
+from train.checkpoint.storage import RunStorage
 from train.config import ConfigError, load_config
 from train.metrics_log import read_metrics
 from train.run_dir import load_run_config, new_run_dir
-from train.storage import RunStorage, join_run_dir, split_run_dir, staging_dir
 
 pytestmark = pytest.mark.timeout(600)
 

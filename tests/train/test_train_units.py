@@ -13,9 +13,9 @@ from torch import nn
 
 from model import build_model, get_preset
 from train import checkpoint as ckpt_io
+from train.checkpoint.elastic import needs_elastic_load
 from train.config import ConfigError, load_config
 from train.deepspeed_config import deepspeed_config
-from train.elastic import needs_elastic_load
 from train.metrics_log import MetricsLog, read_metrics
 from train.optim import WarmupDecaySchedule, lr_at, param_groups
 from train.task import TrainingModule

@@ -10,7 +10,7 @@ import pytest
 
 from tests.train.conftest import STEPS, gpt_args, run_train
 from train.checkpoint import newest_complete, read_meta
-from train.engine_safety import safe_load
+from train.checkpoint.weights import safe_load
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -135,8 +135,16 @@ class WandbConfig(Section):
     tags: list[str] = Field(default_factory=list)
 
 
+class ProfileConfig(Section):
+    enabled: bool = Field(False, description="trace a few steps with torch.profiler")
+    wait: int = Field(5, ge=0, description="steps before the trace starts")
+    warmup: int = Field(2, ge=0, description="steps traced but discarded")
+    active: int = Field(3, ge=1, description="steps recorded into RUN_DIR/profile/")
+
+
 class LoggingConfig(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
 
 
 class ExperimentConfig(Section):

@@ -9,7 +9,7 @@ was at the fork, writes every file, flushes it to disk and exits. Training
 goes on at once; the optimizer's next in-place updates only copy the pages
 they touch while the child still runs.
 
-The checkpoint is marked complete (by the training loop, once every rank's
+The checkpoint is marked complete (by the Checkpointer, once every rank's
 writer has exited cleanly) only after that, so a crash at any moment leaves
 at worst an unmarked directory that resume skips. The child dies with its
 parent (PR_SET_PDEATHSIG), so no orphan keeps writing into a directory a
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from train.checkpoint import CheckpointError, fsync_tree
+from train.checkpoint.disk import fsync_tree
+from train.checkpoint.layout import CheckpointError
 
 Files = list[tuple[str, Any]]  # (path, object for torch.save)
 
@@ -125,6 +126,7 @@ class BackgroundWrite:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
+        self.fork_s = time.perf_counter() - self.started  # what the fork itself cost
         if pid == 0:  # the child: write, flush, leave without running any cleanup
             code = 1
             try:

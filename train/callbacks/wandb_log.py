@@ -1,4 +1,4 @@
-"""The W&B run of a gobig run: offline by default, resumable by id.
+"""The W&B run of a gobig run and its callback: offline by default, resumable by id.
 
 The run id lives in the run directory and in every checkpoint, so a resumed
 or restarted run continues the same W&B run. The config sent to W&B is the
@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from train.callbacks.base import Callback
 from train.config.load import ConfigError
 from train.config.schema import ExperimentConfig
 
@@ -50,3 +51,32 @@ def start_wandb(config: ExperimentConfig, run_dir: Path, run_id: str, run_name: 
         # gobig prints its own lines; W&B need not capture the console.
         settings=wandb.Settings(console="off", silent=True),
     )
+
+
+class WandbCallback(Callback):
+    """Mirrors train and eval records to a W&B run (rank 0), and finishes it.
+
+    Args:
+        run: the W&B run (start_wandb).
+        skip_through: the highest step W&B already has (an earlier attempt sent
+            it); records up to it are not sent again, so no step is logged twice.
+    """
+
+    def __init__(self, run: Any, skip_through: int = -1):
+        self.run = run
+        self.skip_through = skip_through
+
+    def on_log(self, trainer: Any, record: dict[str, Any]) -> None:
+        # Checkpoint records are written at a later step than their own and startup
+        # records are per attempt: W&B's history is steps and evaluations.
+        if record["kind"] not in ("train", "eval") or record["step"] <= self.skip_through:
+            return
+        payload = {
+            f"{record['kind']}/{k}": v
+            for k, v in record.items()
+            if k not in ("kind", "step") and isinstance(v, int | float)
+        }
+        self.run.log(payload, step=record["step"])
+
+    def on_close(self, trainer: Any, result: Any) -> None:
+        self.run.finish()

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from train.checkpoint import ENGINE_TAG, UNIVERSAL_TAG, CheckpointError
-from train.engine_safety import safe_load
+from train.checkpoint.layout import ENGINE_TAG, UNIVERSAL_TAG, CheckpointError
+from train.checkpoint.weights import safe_load
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 

@@ -1,0 +1,263 @@
+"""A run's checkpoints as the Trainer sees them: find, restore, when, save, commit.
+
+Saving runs in two halves. `save` writes this rank's part (engine state,
+loader and RNG state), or captures it and leaves the writing to a forked
+child (background.py). The checkpoint is committed (marked complete, pruned,
+and for a URI run uploaded) only once every rank's write is done: at once
+for a synchronous save, or at the first step at which `agree` finds every
+rank's background write finished. Every rank calls `agree` after every step,
+so ranks act on outside requests and on finished writes at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from train.checkpoint.background import BackgroundWrite, can_fork, capture_engine_writes
+from train.checkpoint.catalog import read_meta
+from train.checkpoint.disk import fsync_tree, load_rank_state, prefetch, save_rank_state
+from train.checkpoint.elastic import convert_to_universal, load_universal_into, needs_elastic_load
+from train.checkpoint.layout import ENGINE_TAG, CheckpointError, rank_file, step_dir
+from train.checkpoint.storage import RunStorage
+from train.config.schema import ExperimentConfig
+from train.control import CONTINUE
+from train.distributed import DistInfo, all_reduce_max, barrier
+from train.progress import Progress
+from train.rng import capture_rng, restore_rng
+
+WRITE_DONE, WRITE_RUNNING, WRITE_FAILED = 0, 1, 2
+
+
+@dataclass
+class SavedCheckpoint:
+    """A committed checkpoint, for the metrics log and the callbacks."""
+
+    path: Path
+    step: int
+    background: bool
+    blocking_s: float  # how long training waited for it
+    write_s: float  # how long its files took to write
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose files are written (or being written) but not yet committed."""
+
+    path: Path
+    meta: dict[str, Any]
+    write: BackgroundWrite | None  # None: written synchronously
+    blocking_s: float  # time training waited for it so far
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per part
+
+
+class Checkpointer:
+    """Owns the run's checkpoints for one rank.
+
+    Args:
+        storage: the run directory (local, or a URI with a staging copy).
+        config: the experiment (cadence, keep, async, ZeRO stage).
+        dist: this rank.
+        unit: what the run counts, "tokens" or "images" (meta's counter key).
+    """
+
+    def __init__(self, storage: RunStorage, config: ExperimentConfig, dist: DistInfo, unit: str):
+        self.storage = storage
+        self.config = config
+        self.dist = dist
+        self.unit = unit
+        self.resume_from: Path | None = None
+        self.meta: dict[str, Any] | None = None
+        self.elastic = False
+        self.pending: PendingCheckpoint | None = None
+        self.last: Path | None = None
+        self.timings: dict[str, float] = {}  # the latest save's or restore's parts
+        self.run_id = ""  # the W&B run id every checkpoint records (set once it is known)
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - t0
+
+    # -- resume -------------------------------------------------------------------
+
+    def locate(self) -> dict[str, Any] | None:
+        """Find the newest complete checkpoint (fetching it if remote); its meta or None."""
+        self.resume_from = self.last = self.storage.checkpoint_to_resume(self.dist)
+        if self.resume_from is None:
+            return None
+        self.meta = read_meta(self.resume_from)
+        stage, world = self.config.zero.stage, self.dist.world_size
+        self.elastic = needs_elastic_load(self.meta, world, stage)
+        return self.meta
+
+    def restore(self, engine: Any, loader: Any) -> Progress | None:
+        """Load the located checkpoint into `engine` and `loader`; None if there is none.
+
+        An exact resume (same world size and stage) also restores this rank's RNG
+        states, so dropout continues as it would have; an elastic one cannot.
+        """
+        if self.resume_from is None:
+            return None
+        self.timings = {}
+        ckpt, meta, step = self.resume_from, self.meta, int(self.meta["step"])
+        if self.elastic:
+            self._restore_elastic(engine, ckpt, step)
+        else:
+            with self._timed("prefetch"):
+                prefetch(ckpt / ENGINE_TAG)
+            with self._timed("engine.load_checkpoint"):
+                load_path, _ = engine.load_checkpoint(
+                    str(ckpt), tag=ENGINE_TAG, load_optimizer_states=True,
+                    load_lr_scheduler_states=True,
+                )  # fmt: skip
+            if load_path is None:
+                raise CheckpointError(f"{ckpt}: DeepSpeed found no engine state")
+        # The loader's state is the global position in the sample order, so rank 0's
+        # saved state is valid for any world size.
+        with self._timed("load_rank_state"):
+            rank_state = load_rank_state(ckpt, 0 if self.elastic else self.dist.rank)
+        loader.load_state_dict(rank_state["data"])
+        if not self.elastic:
+            restore_rng(rank_state["rng"])
+        units = meta.get(self.unit, meta.get("tokens", 0))  # older checkpoints say "tokens"
+        return Progress(step=step, units=int(units))
+
+    def _restore_elastic(self, engine: Any, ckpt: Path, step: int) -> None:
+        if self.meta["zero_stage"] == 0:
+            raise CheckpointError(
+                f"{ckpt}: written at zero.stage 0; resume it at zero.stage 0 (any world size)"
+            )
+        if self.dist.is_main:
+            with self._timed("convert_to_universal"):
+                convert_to_universal(ckpt)
+        barrier()
+        with self._timed("load_universal_into"):
+            load_universal_into(engine, ckpt, step)
+
+    def home_of(self, path: Path) -> str:
+        return self.storage.home_of(path)
+
+    # -- saving -------------------------------------------------------------------
+
+    def due(self, step: int, request: int, is_last: bool) -> bool:
+        """Whether to checkpoint after `step` (every rank gets the same answer)."""
+        return step % self.config.train.checkpoint_every == 0 or is_last or request != CONTINUE
+
+    def agree(self, request: int) -> tuple[int, list[SavedCheckpoint]]:
+        """(strongest control request over all ranks, checkpoints committed now).
+
+        Every rank must act at the same step: on a stop any rank was asked for,
+        and on a background checkpoint only once every rank's write is done.
+        """
+        writing = WRITE_DONE
+        if self.pending is not None and self.pending.write is not None:
+            try:
+                writing = WRITE_DONE if self.pending.write.done() else WRITE_RUNNING
+            except CheckpointError:
+                writing = WRITE_FAILED
+        agreed = all_reduce_max([float(request), float(writing)], self.dist.device)
+        if agreed[1] == WRITE_FAILED:
+            raise CheckpointError(
+                f"{self.pending.path}: a rank's background checkpoint write failed (see its stderr)"
+            )
+        done = self.pending is not None and agreed[1] == WRITE_DONE
+        return int(agreed[0]), [self.commit()] if done else []
+
+    def save(
+        self, engine: Any, loader: Any, progress: Progress, final: bool
+    ) -> list[SavedCheckpoint]:
+        """Checkpoint the current step; returns the checkpoints committed by the call.
+
+        Args:
+            engine: the DeepSpeed engine.
+            loader: the training loader (its position is saved).
+            progress: step and units seen.
+            final: the run ends (or stops) right after: write synchronously.
+        """
+        saved = [self.commit()] if self.pending is not None else []  # still writing: wait
+        ckpt = self.config.checkpoint
+        background = (
+            ckpt.asynchronous and can_fork() and not final and self.config.zero.nvme_path is None
+        )
+        self.pending = self.start(engine, loader, progress, background)
+        if not background:
+            saved.append(self.commit())
+        return saved
+
+    def start(
+        self, engine: Any, loader: Any, progress: Progress, background: bool
+    ) -> PendingCheckpoint:
+        """Write this rank's part of the checkpoint of `progress.step`, or (background)
+        capture it and leave the writing to a forked child."""
+        t0 = time.perf_counter()
+        self.timings = {}
+        ckpt = step_dir(self.storage.local, progress.step)
+        self.storage.begin_checkpoint(ckpt.name, self.dist)
+        rank_state = {"data": loader.state_dict(), "rng": capture_rng()}
+        write = None
+        if background:
+            with self._timed("capture"), capture_engine_writes(engine) as files:
+                engine.save_checkpoint(str(ckpt), tag=ENGINE_TAG, save_latest=False)
+            files.append((str(rank_file(ckpt, self.dist.rank)), rank_state))
+            write = BackgroundWrite(files, ckpt)
+            self.timings["fork"] = write.fork_s
+        else:
+            with self._timed("engine.save_checkpoint"):
+                engine.save_checkpoint(str(ckpt), tag=ENGINE_TAG, save_latest=False)
+            with self._timed("save_rank_state"):
+                save_rank_state(ckpt, self.dist.rank, rank_state)
+            with self._timed("fsync_tree"):
+                fsync_tree(ckpt)
+        meta = {
+            "step": progress.step,
+            self.unit: progress.units,
+            "world_size": self.dist.world_size,
+            "zero_stage": self.config.zero.stage,
+            "config": self.config.to_dict(),
+            "tokenizer_hash": getattr(getattr(loader, "tokenizer", None), "hash", None),
+            "wandb_run_id": self.run_id,
+            "time": time.time(),
+        }
+        return PendingCheckpoint(ckpt, meta, write, time.perf_counter() - t0, self.timings)
+
+    def commit(self) -> SavedCheckpoint:
+        """Every rank: wait for its write; then (rank 0) mark complete and prune.
+
+        For a URI run the local checkpoint is uploaded first (every rank its
+        share) and rank 0 marks the remote copy complete, last.
+        """
+        pending, self.pending = self.pending, None
+        t0 = time.perf_counter()
+        if pending.write is not None:
+            with self._timed("wait for the writer"):
+                pending.write.wait()
+        barrier()
+        if self.storage.is_remote:
+            with self._timed("upload"):
+                self.storage.upload_share(pending.path, self.dist)
+            barrier()
+        if self.dist.is_main:
+            with self._timed("commit (mark complete, prune)"):
+                keep = self.config.checkpoint.keep
+                self.storage.commit_checkpoint(
+                    pending.path.name, pending.meta, self.dist.world_size, keep
+                )
+        barrier()
+        pending.blocking_s += time.perf_counter() - t0
+        self.last = pending.path
+        write_s = pending.write.seconds if pending.write is not None else pending.blocking_s
+        return SavedCheckpoint(
+            pending.path,
+            pending.meta["step"],
+            pending.write is not None,
+            pending.blocking_s,
+            write_s,
+        )

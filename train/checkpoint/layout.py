@@ -1,0 +1,47 @@
+"""What a checkpoint directory holds and what its names are.
+
+One checkpoint, `RUN_DIR/checkpoints/step_00000100/`:
+
+    deepspeed/        engine state (model, optimizer, scheduler), one shard per rank under ZeRO
+    universal/        (only after an elastic resume) every parameter whole, see elastic.py
+    rank_00000.pt     that rank's data-loader state and RNG states (tensors and plain values)
+    meta.json         step, units seen, world size, ZeRO stage, config, tokenizer hash, W&B id
+    COMPLETE          written last: every file's size, so truncation is detected
+
+A checkpoint counts only when COMPLETE exists and every file it lists has its
+recorded size (catalog.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_pipeline.errors import GobigError
+
+CHECKPOINTS = "checkpoints"
+ENGINE_TAG = "deepspeed"
+UNIVERSAL_TAG = "universal"
+META = "meta.json"
+MARKER = "COMPLETE"
+TRASH = ".trash"
+STEP_PREFIX = "step_"
+
+
+class CheckpointError(GobigError, RuntimeError):
+    """A checkpoint that exists but cannot be used."""
+
+
+def step_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / step_name(step)
+
+
+def rank_file_name(rank: int) -> str:
+    return f"rank_{rank:05d}.pt"
+
+
+def rank_file(ckpt: Path, rank: int) -> Path:
+    return Path(ckpt) / rank_file_name(rank)

@@ -1,0 +1,132 @@
+"""One object per model family: what differs between GPT, BERT and ViT in training.
+
+The Trainer, the loaders, evaluation and export ask the family; nothing in
+train/ branches on the family's name. A new family is a new class here and
+an entry in FAMILIES (its model lives in model/).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from train.config.load import ConfigError
+from train.config.schema import ExperimentConfig
+
+IGNORE = -100  # label of a position that has no target
+
+
+class Family:
+    """A text family trained on next-token targets (GPT); the base of the others."""
+
+    name = "gpt"
+    unit = "tokens"  # what throughput, MFU and the run's counter count
+    rate_key = "tokens_per_s"
+    task = "causal-lm"  # recorded with an export
+
+    def count_units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].numel())
+
+    def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        """What the family adds to the loader options every family shares."""
+        return {"seq_len": config.model.max_seq_len, "shuffle_buffer": config.data.shuffle_buffer}
+
+    def val_loader_options(self) -> dict[str, Any]:
+        """How the validation loader differs from the training one."""
+        return {}
+
+    def check_fits_data(self, config: ExperimentConfig, loader: Any) -> None:
+        """Raise ConfigError if the model cannot take what the loader yields."""
+        if loader.vocab_size is not None and loader.vocab_size > config.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's "
+                f"vocabulary ({loader.vocab_size}) of {config.data.source}"
+            )
+
+    def eval_counts(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+        """(loss x targets, targets, correct targets) of one validation batch."""
+        n = int((batch["labels"] != IGNORE).sum().item())
+        return out.loss.float().item() * n, n, 0.0
+
+    def eval_metrics(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+
+
+class BertFamily(Family):
+    """Masked-LM (plus an optional sentence-order head) on text."""
+
+    name = "bert"
+    task = "masked-lm"
+
+    def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        if config.model.pair_head == "nsp":
+            raise ConfigError(
+                "model.pair_head: the text loader builds sentence-order pairs; use sop, or none"
+            )
+        return {
+            **super().loader_options(config),
+            "pairs": config.model.pair_head != "none",
+            "mask_prob": config.data.mlm_probability,
+        }
+
+    def eval_counts(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+        labels = batch["labels"]
+        mask = labels != IGNORE
+        n = int(mask.sum().item())
+        correct = (out.logits.argmax(-1)[mask] == labels[mask]).sum().item()
+        # The loss adds the pair head's (SOP/NSP); val_loss is the masked-LM part.
+        loss = out.metrics.get("mlm_loss", out.loss)
+        return loss.float().item() * n, n, float(correct)
+
+    def eval_metrics(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {"val_loss": loss, "val_masked_accuracy": accuracy}
+
+
+class VitFamily(Family):
+    """Image classification; counts images, not tokens."""
+
+    name = "vit"
+    unit = "images"
+    rate_key = "samples_per_s"
+    task = "image-classification"
+
+    def count_units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["images"].shape[0])
+
+    def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        return {"image_size": config.model.image_size, "augment": config.data.augment}
+
+    def val_loader_options(self) -> dict[str, Any]:
+        return {"augment": False}
+
+    def check_fits_data(self, config: ExperimentConfig, loader: Any) -> None:
+        classes = len(loader.classes)
+        if classes > config.model.num_classes:
+            raise ConfigError(
+                f"model.num_classes ({config.model.num_classes}) is smaller than the "
+                f"{classes} classes in {config.data.source}"
+            )
+
+    def eval_counts(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+        labels = batch["labels"]
+        n = labels.numel()
+        correct = (out.logits.argmax(-1) == labels).sum().item()
+        return out.loss.float().item() * n, n, float(correct)
+
+    def eval_metrics(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {"val_loss": loss, "val_accuracy": accuracy}
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (Family(), BertFamily(), VitFamily())}
+
+
+def family_of(name: str) -> Family:
+    """The family object of `model.family`."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"model.family: unknown family {name!r}; use one of {sorted(FAMILIES)}"
+        ) from None
