@@ -4,36 +4,35 @@ sequential write and read bandwidth measured in the same run (issue "Performance
     .venv/bin/python bench/bench_checkpoint.py [--rounds 3] [--n-layer 4] [--d-model 768]
         [--dir /tmp] [--out bench/results/checkpoint.md]
 
-One process (world size 1), DeepSpeed ZeRO-2 on CPU, fp32, AdamW: the engine is built the
-way train/loop.py builds it, trained for one step (so Adam's moments exist), then each
-round alternates, side by side:
+One process (world size 1), DeepSpeed ZeRO-2 on CPU, fp32, AdamW: the engine is built by
+train.engine.build_engine (as the Trainer builds it), trained for one step (so Adam's
+moments exist), then each round alternates, side by side:
 
   disk write   a file the size of the checkpoint, 16 MiB chunks of random bytes, fsync
-  ckpt save    train.loop.start_checkpoint + finish_checkpoint, synchronous
+  ckpt save    Checkpointer.save(final=True): synchronous
                (engine.save_checkpoint, rank state, fsync_tree, mark_complete, prune),
                after os.sync() so earlier dirty pages do not count
   disk read    that file, page cache dropped first (echo 3 > /proc/sys/vm/drop_caches)
-  ckpt load    newest_complete + read_meta + train.loop._restore, page cache dropped first
+  ckpt load    Checkpointer.locate + restore, page cache dropped first
 
 Throughput = bytes of the checkpoint directory / seconds; the ratios are per round, and
-the table gives medians. The split inside each call comes from timing wrappers around the
-functions train.loop calls (patched on the module objects, nothing on disk changes).
+the table gives medians. The split inside each call is the Checkpointer's own record of
+its parts (`Checkpointer.timings`); nothing is patched.
 "Snapshot" = copying the module and optimizer state dicts into fresh CPU tensors (what
 an asynchronous save that copies would stall for); "serialize to memory" = torch.save
 of that snapshot into a BytesIO. Both are context, not gobig code paths.
 
 Asynchronous saves (checkpoint.asynchronous=true): per round, STEPS training steps with
-no checkpoint, then train.loop.start_checkpoint(background=True) (DeepSpeed's save
-captured, then fork) followed by the same number of steps, then finish_checkpoint (wait
-for the child, mark complete, prune). The stall is the time training was blocked: the
-start call plus the finish call; the slowdown of the steps that ran beside the writing
-child (it takes one of the cores) is reported next to it.
+no checkpoint, then Checkpointer.save(final=False) (DeepSpeed's save captured, then
+fork) followed by the same number of steps, then Checkpointer.commit (wait for the
+child, mark complete, prune). The stall is the time training was blocked: the save
+call plus the commit call; the slowdown of the steps that ran beside the writing child
+(it takes one of the cores) is reported next to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import os
 import platform
@@ -57,25 +56,9 @@ apply_training_env()  # as in every gobig training process, before torch is impo
 import torch  # noqa: E402
 from _report import write_report  # noqa: E402  (bench/ is the script's folder)
 
-from train import checkpoint as ckpt_io  # noqa: E402
-from train import loop  # noqa: E402
+from train.progress import Progress  # noqa: E402
 
 CHUNK = 16 * 2**20
-TIMES: dict[str, float] = defaultdict(float)
-
-
-def timed(name: str, fn):
-    """`fn`, adding its wall time to TIMES[name] on every call."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            TIMES[name] += time.perf_counter() - t0
-
-    return wrapper
 
 
 def drop_caches() -> bool:
@@ -142,17 +125,14 @@ def snapshot(engine: Any) -> tuple[float, dict[str, Any]]:
 
 
 def build(args: argparse.Namespace, run_dir: Path):
-    """Config, dist, engine (one trained step), loader, storage: as train.loop.fit does."""
-    from model import build_model
+    """Config, dist, engine (one trained step), loader, checkpointer: through the same
+    public builders the Trainer uses (train.engine.build_engine, train.data.build_loaders)."""
+    from train.checkpoint.checkpointer import Checkpointer
     from train.checkpoint.storage import RunStorage
-    from train.checkpoint.weights import use_safe_checkpoint_loading
     from train.config.load import load_config
     from train.data import build_loaders
-    from train.deepspeed_config import deepspeed_config
     from train.distributed import init_distributed
-    from train.optim import WarmupDecaySchedule, build_optimizer
-    from train.rng import seed_all
-    from train.task import TrainingModule, to_device
+    from train.engine import build_engine
 
     config = load_config(
         ROOT / "configs" / "gpt-tiny.yaml",
@@ -166,28 +146,17 @@ def build(args: argparse.Namespace, run_dir: Path):
             "train.grad_accum_steps=1",
             "cluster.num_workers=1",
             "checkpoint.keep=1",
+            # Periodic saves go to the background; `final=True` saves are synchronous.
+            "checkpoint.asynchronous=true",
         ],
     )
     dist = init_distributed()
     train_loader, _ = build_loaders(config, dist)
-    seed_all(config.train.seed)
-    model = build_model(config.model)
-    module = TrainingModule(model)
-    optimizer = build_optimizer(module, config)
-    scheduler = WarmupDecaySchedule(optimizer, config.optim, config.train.max_steps)
-    import deepspeed
-
-    engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(config, dist.world_size),
-    )  # fmt: skip
-    use_safe_checkpoint_loading(engine)
-    batch = to_device(next(iter(train_loader)), dist.device)
-    out = engine(batch)
-    engine.backward(out.loss)
-    engine.step()
-    n_params = sum(p.numel() for p in model.parameters())
-    return config, dist, engine, train_loader, RunStorage(run_dir), n_params
+    engine = build_engine(config, dist)
+    train_steps(engine, iter(train_loader), dist, 1)  # so Adam's moments exist
+    n_params = sum(p.numel() for p in engine.module.parameters())
+    checkpointer = Checkpointer(RunStorage(run_dir), config, dist, unit="tokens")
+    return config, dist, engine, train_loader, checkpointer, n_params
 
 
 def train_steps(engine: Any, batches: Any, dist: Any, n: int) -> list[float]:
@@ -204,44 +173,31 @@ def train_steps(engine: Any, batches: Any, dist: Any, n: int) -> list[float]:
     return times
 
 
-def async_round(engine, loader, storage, config, dist, step: int, n: int) -> dict[str, float]:
+def async_round(engine, loader, checkpointer, dist, step: int, n: int) -> dict[str, float]:
     """One asynchronous save measured against the steps around it (see the docstring)."""
     batches = iter(loader)
     before = train_steps(engine, batches, dist, n)
-    state = loop._LoopState(step=step, tokens=0)
     os.sync()
-    TIMES.clear()
     t0 = time.perf_counter()
-    pending = loop.start_checkpoint(engine, loader, storage, state, config, dist, "bench", True)
+    committed = checkpointer.save(engine, loader, Progress(step=step), final=False)
     t_start = time.perf_counter() - t0
-    t_fork = TIMES["fork"]
+    assert not committed and checkpointer.pending.write is not None, "expected a background save"
+    t_fork = checkpointer.timings["fork"]
     beside = train_steps(engine, batches, dist, n)
-    writing_done = pending.write.done()
+    writing_done = checkpointer.pending.write.done()
     t0 = time.perf_counter()
-    loop.finish_checkpoint(pending, storage, config, dist)
+    saved = checkpointer.commit()
     t_finish = time.perf_counter() - t0
     return {
         "start": t_start,
         "fork": t_fork,
         "finish": t_finish,
         "stall": t_start + t_finish,
-        "write": pending.write.seconds,
+        "write": saved.write_s,
         "step_before": statistics.median(before),
         "step_beside": statistics.median(beside),
         "done_within": float(writing_done),
     }
-
-
-def install_wrappers(engine: Any) -> None:
-    """Time the pieces train.loop.start/finish_checkpoint and _restore call (all by attribute lookup
-    at call time, so patching the module objects and the engine instance is enough)."""
-    for name in ("save_rank_state", "fsync_tree", "mark_complete", "prune", "load_rank_state"):
-        setattr(ckpt_io, name, timed(name, getattr(ckpt_io, name)))
-    engine.save_checkpoint = timed("engine.save_checkpoint", engine.save_checkpoint)
-    engine.load_checkpoint = timed("engine.load_checkpoint", engine.load_checkpoint)
-    ce = engine.checkpoint_engine  # also the optimizer's (one object)
-    ce.save = timed("torch.save (inside engine)", ce.save)
-    ce.load = timed("torch.load (inside engine)", ce.load)
 
 
 def median(xs: list[float]) -> float:
@@ -265,8 +221,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="gobig-bench-ckpt-", dir=args.dir))
     run_dir = work / "run"
     try:
-        config, dist, engine, loader, storage, n_params = build(args, run_dir)
-        install_wrappers(engine)
+        config, dist, engine, loader, checkpointer, n_params = build(args, run_dir)
         buf = os.urandom(CHUNK)
         test_file = work / "disk_test.bin"
         can_drop = drop_caches()
@@ -277,14 +232,12 @@ def main() -> int:
         size = 0
         for rnd in range(args.rounds + 1):  # round 0 is a warm-up, not reported
             # --- save (real path) ---
-            state = loop._LoopState(step=1000 + rnd, tokens=0)
             os.sync()
-            TIMES.clear()
             t0 = time.perf_counter()
-            pending = loop.start_checkpoint(engine, loader, storage, state, config, dist, "bench")
-            ckpt = loop.finish_checkpoint(pending, storage, config, dist)
+            (saved,) = checkpointer.save(engine, loader, Progress(step=1000 + rnd), final=True)
             t_save = time.perf_counter() - t0
-            save_parts = dict(TIMES)
+            ckpt = saved.path
+            save_parts = dict(checkpointer.timings)
             size = tree_bytes(ckpt)
             # --- disk write, same size ---
             t_write = disk_write(test_file, size, buf)
@@ -293,17 +246,15 @@ def main() -> int:
             t_read = disk_read(test_file)
             # --- load (real path), cold ---
             drop_caches()
-            TIMES.clear()
             t0 = time.perf_counter()
-            found = ckpt_io.newest_complete(run_dir)
-            meta = ckpt_io.read_meta(found)
-            TIMES["newest_complete + read_meta"] = time.perf_counter() - t0
-            loop._restore(engine, loader, found, meta, False, dist)
+            checkpointer.locate()
+            t_locate = time.perf_counter() - t0
+            checkpointer.restore(engine, loader)
             t_load = time.perf_counter() - t0
-            load_parts = dict(TIMES)
+            load_parts = {"locate (newest_complete + read_meta)": t_locate, **checkpointer.timings}
             # --- load again, warm page cache (context) ---
             t0 = time.perf_counter()
-            loop._restore(engine, loader, found, meta, False, dist)
+            checkpointer.restore(engine, loader)
             t_load_warm = time.perf_counter() - t0
             test_file.unlink()
             print(
@@ -349,9 +300,8 @@ def main() -> int:
             os.waitpid(pid, 0)
         # --- asynchronous saves (gobig's code path) ---
         arows: dict[str, list[float]] = defaultdict(list)
-        os.fork = timed("fork", os.fork)  # the child's side returns too: it never reports
         for rnd in range(args.rounds + 1):  # round 0 is a warm-up
-            r = async_round(engine, loader, storage, config, dist, 2000 + rnd, args.async_steps)
+            r = async_round(engine, loader, checkpointer, dist, 2000 + rnd, args.async_steps)
             print(
                 f"async round {rnd}: stall {r['stall'] * 1e3:.1f} ms (start "
                 f"{r['start'] * 1e3:.1f} of which fork {r['fork'] * 1e3:.1f}, finish "
@@ -431,9 +381,8 @@ def main() -> int:
         f"| checkpoint save without prune (same calls, prune time subtracted) "
         f"| {m['save_np']:.3f} s | {rate(m['save_np'])} |",
         f"| disk read (cold cache) | {m['read']:.3f} s | {rate(m['read'])} |",
-        f"| checkpoint load (newest_complete + _restore, cold) | {m['load']:.3f} s "
-        f"| {rate(m['load'])} |",
-        f"| checkpoint load (_restore, warm cache) | {m['load_warm']:.3f} s "
+        f"| checkpoint load (locate + restore, cold) | {m['load']:.3f} s | {rate(m['load'])} |",
+        f"| checkpoint load (restore, warm cache) | {m['load_warm']:.3f} s "
         f"| {rate(m['load_warm'])} |",
         f"| snapshot state into CPU memory (async stall estimate) | {median(snaps):.3f} s "
         f"| {rate(median(snaps))} |",
@@ -454,8 +403,8 @@ def main() -> int:
         "## Asynchronous save (checkpoint.asynchronous=true)",
         "",
         f"{args.rounds} rounds after a warm-up, each: {args.async_steps} training steps, "
-        f"then start_checkpoint(background=True), {args.async_steps} steps beside the "
-        "writing child, then finish_checkpoint. Medians:",
+        f"then Checkpointer.save (background), {args.async_steps} steps beside the "
+        "writing child, then Checkpointer.commit. Medians:",
         "",
         "| measurement | median |",
         "| --- | ---: |",
@@ -479,13 +428,13 @@ def main() -> int:
         f"would stall {median(snaps) / m['save']:.2f} of a save; fork() alone took "
         f"{1e3 * median(forks):.1f} ms at {rss_gb:.1f} GB resident.",
         "",
-        "Where the save goes (medians; the torch.save row is inside engine.save_checkpoint):",
+        "Where the save goes (medians, the Checkpointer's own timings):",
         "",
         "| part | time | share of save |",
         "| --- | ---: | ---: |",
         *split_table(split_save, m["save"]),
         "",
-        "Where the cold load goes (the torch.load row is inside engine.load_checkpoint):",
+        "Where the cold load goes:",
         "",
         "| part | time | share of load |",
         "| --- | ---: | ---: |",

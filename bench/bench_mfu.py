@@ -80,9 +80,9 @@ CATEGORIES = [
 
 def _categorise(name: str, ancestors: list[str]) -> str:
     anc = " | ".join(ancestors)
-    if "Optimizer.step" in anc or "optimizer" in name.lower():
+    if "Optimizer.step" in anc or ("optimizer" in name.lower() and not name.startswith("gobig.")):
         return "optimizer step (AdamW)"
-    if "bench::data" in anc or name == "bench::data":
+    if "gobig.data" in anc or name == "gobig.data":
         return "data wait (next(batch))"
     if not name.startswith("aten::"):
         return CATEGORIES[-1]
@@ -94,7 +94,7 @@ def _categorise(name: str, ancestors: list[str]) -> str:
         return "attention (SDPA fwd+bwd)"
     if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
         return "matmul / linear (fwd+bwd)"
-    if "bench::engine.step" in anc:
+    if "gobig.optimizer" in anc:
         return "grad clip / grad norm / engine step misc"
     if any(k in name for k in ("layer_norm", "gelu", "dropout", "aten::add", "aten::mul")):
         return "layernorm / gelu / dropout / residual"
@@ -102,72 +102,25 @@ def _categorise(name: str, ancestors: list[str]) -> str:
         return "embedding + cross-entropy"
     if any(k in name for k in ("aten::to", "aten::_to_copy", "aten::copy_")):
         return "copies / dtype casts"
-    if "bench::grad_norm" in anc:
+    if "gobig.grad_norm" in anc:
         return "grad clip / grad norm / engine step misc"
     return "other aten ops"
 
 
 def profile_worker(overrides: list[str], warmup: int, active: int, out: str) -> None:
-    """Runs inside a subprocess: gobig's fit() with torch.profiler active for `active`
-    steps after `warmup`, step boundaries marked by wrapping train.loop.to_device."""
-    from torch.profiler import ProfilerActivity, profile, record_function, schedule
-
-    import train.loop as loop
+    """Runs inside a subprocess: gobig's fit() with its own profiler callback recording
+    `active` steps after `warmup`; the Trainer labels each step's parts (gobig.data,
+    gobig.forward, gobig.backward, gobig.grad_norm, gobig.optimizer)."""
+    from train.callbacks import ProfilerCallback
     from train.config import load_config
     from train.run_dir import default_run_name, new_run_dir
+    from train.trainer import fit
 
     cfg = load_config(str(ROOT / "configs" / "gpt-tiny.yaml"), overrides)
     run_dir = new_run_dir(cfg, default_run_name(cfg))
-    prof = profile(
-        activities=[ProfilerActivity.CPU],
-        schedule=schedule(wait=0, warmup=warmup, active=active, repeat=1),
-    )
-    orig_to_device = loop.to_device
-    orig_iter = iter
-
-    def to_device(batch, device):  # called once per micro-batch, after next(batches)
-        prof.step()
-        return orig_to_device(batch, device)
-
-    loop.to_device = to_device
-
-    # Label next(batches) and engine.step() so their ops can be attributed.
-    class _Batches:
-        def __init__(self, it):
-            self.it = it
-
-        def __next__(self):
-            with record_function("bench::data"):
-                return next(self.it)
-
-    loop.iter = lambda x: _Batches(orig_iter(x))  # fit() calls iter(train_loader) once
-    import deepspeed
-
-    orig_init = deepspeed.initialize
-
-    def initialize(*a, **k):
-        out = orig_init(*a, **k)
-        engine = out[0]
-        step = engine.step
-
-        def labelled_step(*sa, **sk):
-            with record_function("bench::engine.step"):
-                return step(*sa, **sk)
-
-        engine.step = labelled_step
-        return out
-
-    deepspeed.initialize = initialize
-    orig_norm = loop._untracked_grad_norm
-
-    def grad_norm(engine):
-        with record_function("bench::grad_norm"):
-            return orig_norm(engine)
-
-    loop._untracked_grad_norm = grad_norm
-    prof.start()
-    loop.fit(cfg, run_dir)
-    prof.stop()
+    profiler = ProfilerCallback(None, wait=0, warmup=warmup, active=active)
+    fit(cfg, run_dir, callbacks=[profiler])
+    prof = profiler.profiler
 
     totals: dict[str, float] = defaultdict(float)
     top_ops: dict[str, float] = defaultdict(float)

@@ -1,7 +1,10 @@
 """`gobig train` and `gobig resume`: a config in, a Ray Train run out.
 
 The driver resolves the run directory, prepares built-in data once, starts
-(or joins) Ray, and runs a TorchTrainer whose workers call train.loop.fit.
+(or joins) Ray, and runs a TorchTrainer whose workers call train.trainer.fit.
+A user error a worker raises (a GobigError: a model that does not fit the
+data, a checkpoint that cannot be resumed) ends the run as one line, exit
+status 2, as it would in `python -m train`.
 Ctrl-C or SIGTERM asks the workers to checkpoint and stop; a second one
 aborts.
 """
@@ -14,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.errors import GobigError, report_error
 from train.config.schema import ExperimentConfig
 from train.control import request_stop
 from train.summary import print_summary
@@ -66,12 +70,37 @@ def run_training(
         )
         error = _fit_on_ray(config, run_dir, loopback=session.embedded)
     if error is not None:
+        user_error = worker_user_error(error)
+        if user_error is not None:
+            return report_error("gobig", user_error)
         print(f"gobig: error: training failed: {error}", file=sys.stderr)
         print(f"gobig: continue from the last checkpoint with: gobig resume {run_dir}",
               file=sys.stderr)  # fmt: skip
         return 1
     print_summary(run_dir)
     return 0
+
+
+def worker_user_error(error: BaseException) -> BaseException | None:
+    """The GobigError a worker raised, found inside Ray's failure, else None.
+
+    Ray wraps a worker's exception (a WorkerGroupError holding each rank's
+    failure, a RayTaskError whose `cause` is the original); the original is
+    what the user should read, as one line.
+    """
+    from ray.exceptions import RayTaskError
+
+    todo, seen = [error], set()
+    while todo:
+        exc = todo.pop(0)
+        if not isinstance(exc, BaseException) or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, GobigError) and not isinstance(exc, RayTaskError):
+            return exc
+        todo += [getattr(exc, "cause", None), exc.__cause__, exc.__context__]
+        todo += list(getattr(exc, "worker_failures", {}).values())
+    return None
 
 
 def _prepare_data(config: ExperimentConfig) -> None:

@@ -194,7 +194,8 @@ class Trainer:
             with record_function("gobig.backward"):
                 self.engine.backward(out.loss)
             if self.engine.is_gradient_accumulation_boundary():
-                self.grad_norm = untracked_grad_norm(self.engine)
+                with record_function("gobig.grad_norm"):
+                    self.grad_norm = untracked_grad_norm(self.engine)
             with record_function("gobig.optimizer"):
                 self.engine.step()
             loss += out.loss.detach().double()

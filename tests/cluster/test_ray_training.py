@@ -181,3 +181,14 @@ def test_unreachable_cluster_address_is_one_line_at_once(tmp_path):
     assert out.stderr.strip() == (
         f"gobig: error: cannot connect to the Ray cluster at 127.0.0.1:{port}: Connection refused"
     )
+
+
+def test_a_user_error_raised_in_a_worker_is_one_line_exit_2(text_dataset, tmp_path):
+    # The driver cannot see this one: only a worker's loader knows the tokenizer's
+    # vocabulary is larger than the model's.
+    out = gobig("train", *text_overrides(text_dataset), "model.vocab_size=8",
+                "cluster.max_failures=0", f"run.dir={tmp_path}", timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("gobig: error: model.vocab_size (8) is smaller than the tokenizer's")
+    assert "training failed" not in out.stderr and "Traceback" not in last

@@ -3,11 +3,13 @@ the fields the console line and W&B are made from."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from tests.train.conftest import run_train, vocab_size
+from train.checkpoint import newest_complete, read_meta
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -77,6 +79,13 @@ def test_vit_on_image_shards(image_dataset, tmp_path):
     _check_train_lines(run, "samples_per_s", math.log(10), tolerance=0.5)
     assert "tokens_per_s" not in run.records()[0]
     assert " img/s" in run.stdout
+    # A ViT run counts images, and says so: no record, result or meta speaks of tokens.
+    for r in run.records():
+        assert r["images_seen"] == r["step"] * 4 and not [k for k in r if "token" in k]
+    result = json.loads((run.run_dir / "result.json").read_text())
+    assert result["unit"] == "images"
+    meta = read_meta(newest_complete(run.run_dir))
+    assert meta["images"] == 4 * 4 and "tokens" not in meta
     for r in _eval_lines(run):
         assert set(r) == {"kind", "step", "val_loss", "val_accuracy"}
         assert 0 <= r["val_accuracy"] <= 1

@@ -1,4 +1,4 @@
-"""A run directory on S3 (train/storage.py through pyarrow.fs), against a local
+"""A run directory on S3 (train/checkpoint/storage.py through pyarrow.fs), against a local
 S3 server: moto's, bound to 127.0.0.1, with fake credentials.
 
 End to end: N steps into `s3://bucket/runs/<name>?endpoint_override=...&scheme=http`,

@@ -1,4 +1,4 @@
-"""A run directory named by URI (train/storage.py), here `file://`: the same code
+"""A run directory named by URI (train/checkpoint/storage.py), here `file://`: the same code
 path as `s3://` or `gs://` (pyarrow.fs), with the remote side on local disk.
 
 End to end: N steps into the URI, the local staging directory thrown away,

@@ -4,7 +4,8 @@ After `wait` steps and `warmup` warm-up steps, `active` steps are recorded;
 each rank writes a Chrome trace to RUN_DIR/profile/rank_NNNNN.json (open it
 in Perfetto or chrome://tracing) and rank 0 prints the top operators.
 The Trainer labels the parts of a step (`gobig.data`, `gobig.forward`,
-`gobig.backward`, `gobig.optimizer`), so the trace shows where a step goes.
+`gobig.backward`, `gobig.grad_norm`, `gobig.optimizer`), so the trace shows
+where a step goes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class PendingCheckpoint:
     meta: dict[str, Any]
     write: BackgroundWrite | None  # None: written synchronously
     blocking_s: float  # time training waited for it so far
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per part
 
 
 class Checkpointer:
@@ -75,7 +74,8 @@ class Checkpointer:
         self.elastic = False
         self.pending: PendingCheckpoint | None = None
         self.last: Path | None = None
-        self.timings: dict[str, float] = {}  # the latest save's or restore's parts
+        # Seconds per part of the latest save (start to commit) or restore.
+        self.timings: dict[str, float] = {}
         self.run_id = ""  # the W&B run id every checkpoint records (set once it is known)
 
     @contextlib.contextmanager
@@ -226,7 +226,7 @@ class Checkpointer:
             "wandb_run_id": self.run_id,
             "time": time.time(),
         }
-        return PendingCheckpoint(ckpt, meta, write, time.perf_counter() - t0, self.timings)
+        return PendingCheckpoint(ckpt, meta, write, time.perf_counter() - t0)
 
     def commit(self) -> SavedCheckpoint:
         """Every rank: wait for its write; then (rank 0) mark complete and prune.
@@ -245,11 +245,10 @@ class Checkpointer:
                 self.storage.upload_share(pending.path, self.dist)
             barrier()
         if self.dist.is_main:
-            with self._timed("commit (mark complete, prune)"):
-                keep = self.config.checkpoint.keep
-                self.storage.commit_checkpoint(
-                    pending.path.name, pending.meta, self.dist.world_size, keep
-                )
+            with self._timed("mark_complete"):
+                self.storage.mark_checkpoint(pending.path.name, pending.meta, self.dist.world_size)
+            with self._timed("prune"):
+                self.storage.prune(self.config.checkpoint.keep)
         barrier()
         pending.blocking_s += time.perf_counter() - t0
         self.last = pending.path

@@ -172,17 +172,21 @@ class RunStorage:
         for rel in files[dist.local_rank % local_world :: local_world]:
             self.remote.upload(ckpt / rel, f"{CHECKPOINTS}/{ckpt.name}/{rel}")
 
-    def commit_checkpoint(self, name: str, meta: dict[str, Any], world_size: int, keep: int):
-        """Rank 0, once every rank's share is written (and uploaded): mark complete, prune.
+    def mark_checkpoint(self, name: str, meta: dict[str, Any], world_size: int) -> None:
+        """Rank 0, once every rank's share is written (and uploaded): mark it complete.
 
         A remote run marks this node's staging copy, mirrors the run files, then
         marks the remote copy, last.
         """
         if self.is_remote:
             self.staged.mark_complete(name, meta, world_size=None)  # this node's share only
-            self.staged.prune(keep)
             self.upload_run_files()
         self.checkpoints.mark_complete(name, meta, world_size)
+
+    def prune(self, keep: int) -> None:
+        """Rank 0: keep the newest `keep` complete checkpoints (here and at home)."""
+        if self.is_remote:
+            self.staged.prune(keep)
         self.checkpoints.prune(keep)
 
     # --- rank 0's run files ------------------------------------------------------
