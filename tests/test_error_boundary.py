@@ -30,7 +30,7 @@ INTERNAL_ERRORS = {
 KEPT_BASES = {
     "data_pipeline.errors.DataError": ValueError,
     "train.config.load.ConfigError": ValueError,
-    "train.checkpoint.CheckpointError": RuntimeError,
+    "train.checkpoint.layout.CheckpointError": RuntimeError,  # moved into the package
     "train.export.ExportError": ValueError,
     "cluster.errors.ClusterError": RuntimeError,
     "cluster.errors.UsageError": ValueError,
