@@ -1,8 +1,10 @@
 """Where metrics go: one compact console line and metrics.jsonl.
 
 Record kinds: "train" and "eval" (W&B gets these too, through its callback),
-"startup" (per-attempt start-up timings) and "checkpoint" (how long each save
-took and how long training waited for it).
+"startup" (per-attempt start-up timings), "checkpoint" (how long each save
+took and how long training waited for it) and "anomaly" (an update the
+anomaly guard withheld, and why; these stay when a resume or a rollback
+rewinds the log: they happened).
 
 Only rank 0 writes. After a resume, lines past the checkpoint's step are
 dropped from metrics.jsonl (they are recomputed); `wandb_last_step` keeps
@@ -51,6 +53,13 @@ def format_eval_line(record: dict[str, Any]) -> str:
     return f"eval @ step {record['step']}: " + " | ".join(shown)
 
 
+def format_anomaly_line(record: dict[str, Any]) -> str:
+    return (
+        f"anomaly @ step {record['step']}: {record['reason']} (loss {record['loss']}, "
+        f"grad norm {record['grad_norm']}); update withheld, policy {record['policy']}"
+    )
+
+
 def format_checkpoint_line(record: dict[str, Any]) -> str:
     how = "in the background" if record["background"] else "synchronously"
     return (
@@ -80,7 +89,7 @@ class MetricsLog:
             return
         records = read_metrics(self.path.parent)
         self.wandb_last_step = max((r["step"] for r in records), default=-1)
-        kept = [r for r in records if r["step"] <= step]
+        kept = [r for r in records if r["step"] <= step or r["kind"] == "anomaly"]
         if len(kept) != len(records):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -96,5 +105,7 @@ class MetricsLog:
             print(format_eval_line(record), flush=True)
         elif record["kind"] == "checkpoint":
             print(format_checkpoint_line(record), flush=True)
+        elif record["kind"] == "anomaly":
+            print(format_anomaly_line(record), flush=True)
         else:
             print(format_startup_line(record), flush=True)

@@ -36,6 +36,11 @@ from train.distributed import all_reduce_sum, init_distributed
 from train.engine import build_engine, untracked_grad_norm
 from train.evaluate import evaluate
 from train.families import family_of
+from train.faults import Faults
+from train.guards.anomaly import AnomalyGuard, DivergenceError
+from train.guards.hang import HangWatch, default_hang_timeout, is_timeout
+from train.guards.record import GuardRecord
+from train.guards.straggler import StragglerCallback
 from train.metrics_log import MetricsLog
 from train.peak_flops import PeakFlops
 from train.progress import Progress
@@ -106,7 +111,22 @@ class Trainer:
         self.run_dir = self.storage.local  # where this rank writes; the home is `storage`
         self.control = control or Control(self.run_dir)
         self.control.install_signal_handlers()
+        cfg = config.train
+        self.hang_watch = HangWatch(
+            self.run_dir, self.dist.rank, self.dist.world_size,
+            cfg.hang_timeout_s or default_hang_timeout(self.dist.device.type),
+            cfg.slow_phase_timeout_s,
+        )  # fmt: skip
+        try:
+            self._build(config, resume, callbacks)
+        except BaseException:
+            self.hang_watch.close()
+            raise
+
+    def _build(self, config: ExperimentConfig, resume: bool, callbacks: Sequence[Callback]):
+        self.faults = Faults(config.faults, self.run_dir, self.dist.rank)
         self.checkpointer = Checkpointer(self.storage, config, self.dist, self.family.unit)
+        self.checkpointer.before_write = self.faults.before_checkpoint_file if self.faults else None
         meta = self.checkpointer.locate() if resume else None
         run_info = prepare_run_dir(self.run_dir, config, self.dist, meta, self.storage.name)
         self.checkpointer.run_id = run_info.wandb_id
@@ -116,6 +136,11 @@ class Trainer:
         self.timeline.mark("data_loaders")
         self.engine = build_engine(config, self.dist)
         self.timeline.mark("model_and_engine")
+        self.guard_record = GuardRecord(self.run_dir, self.dist.is_main)
+        self.anomalies = AnomalyGuard(
+            config.guards, self.engine, self.guard_record, config.train.precision,
+            self.dist.device,
+        )  # fmt: skip
         self.progress = self._restore()
         self.timeline.mark("checkpoint_load")
         self.log = MetricsLog(self.run_dir, config.train.max_steps, enabled=self.dist.is_main)
@@ -127,6 +152,8 @@ class Trainer:
         self.grad_norm: torch.Tensor | None = None  # see untracked_grad_norm
         self._loss_sum: torch.Tensor | float = 0.0  # since the last train record
         self._loss_steps = 0
+        self.anomaly: dict[str, Any] | None = None  # of the latest step
+        self._save_owed = False  # a checkpoint was due at an anomalous step
 
     def _restore(self) -> Progress:
         progress = self.checkpointer.restore(self.engine, self.train_loader)
@@ -148,6 +175,9 @@ class Trainer:
         own: list[Callback] = [
             ThroughputCallback(self.family, model.training_flops_per_unit(), peak, dist)
         ]
+        guards = config.guards
+        if guards.straggler_factor > 0 and dist.world_size > 1:
+            own.append(StragglerCallback(guards.straggler_factor, guards.straggler_patience, dist))
         profile = config.logging.profile
         if profile.enabled:
             out = self.run_dir / "profile"
@@ -162,28 +192,42 @@ class Trainer:
 
     def train(self) -> FitResult:
         """Train to `train.max_steps` (or a stop request); every rank calls this."""
-        self.callbacks.on_train_start(self)
-        self.batches = iter(self.train_loader)
-        first_step, self.units_at_start = self.progress.step, self.progress.units
-        self.started = time.perf_counter()
-        while self.progress.step < self.config.train.max_steps:
-            step = self.train_step()
-            if step.step == first_step + 1:
-                self.timeline.mark("first_step")
-                self.record(self.timeline.record(first_step))
-            self.callbacks.on_step_end(self, step)
-            if self.after_step() == STOP:
-                break
-        return self.close()
+        try:
+            self.callbacks.on_train_start(self)
+            self.batches = iter(self.train_loader)
+            first_step, self.units_at_start = self.progress.step, self.progress.units
+            self.started = time.perf_counter()
+            while self.progress.step < self.config.train.max_steps:
+                step = self.train_step()
+                if step.step == first_step + 1:
+                    self.timeline.mark("first_step")
+                    self.record(self.timeline.record(first_step))
+                self.callbacks.on_step_end(self, step)
+                if self.after_step() == STOP:
+                    break
+                self.hang_watch.progress(self.progress.step)
+            return self.close()
+        except RuntimeError as exc:
+            if is_timeout(exc):  # a collective gave up waiting for a rank
+                raise self.hang_watch.error() from None
+            raise
+        finally:
+            self.hang_watch.close()
 
     def train_step(self) -> StepResult:
-        """One optimizer step over `train.grad_accum_steps` micro-batches."""
+        """One optimizer step over `train.grad_accum_steps` micro-batches.
+
+        Before the update the anomaly guard sees the step's global loss and grad
+        norm and may withhold it (train/guards/anomaly.py).
+        """
         t0 = time.perf_counter()
-        accum = self.config.train.grad_accum_steps
+        accum, step = self.config.train.grad_accum_steps, self.progress.step + 1
+        self._skip_recorded_batches(step)
         loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
-        data_wait, units = 0.0, 0
+        data_wait, busy, units = 0.0, 0.0, 0
         for _ in range(accum):
             t_data = time.perf_counter()
+            self.faults.before_batch(step)
             with record_function("gobig.data"):
                 batch = next(self.batches)
             data_wait += time.perf_counter() - t_data
@@ -191,15 +235,19 @@ class Trainer:
             batch = to_device(batch, self.dist.device)
             with record_function("gobig.forward"):
                 out = self.engine(batch)
+            busy += time.perf_counter() - t_data
+            micro_loss = self.faults.poison_loss(step, out.loss)
             with record_function("gobig.backward"):
-                self.engine.backward(out.loss)
+                self.engine.backward(micro_loss)
+            loss += micro_loss.detach().double()
             if self.engine.is_gradient_accumulation_boundary():
                 with record_function("gobig.grad_norm"):
                     self.grad_norm = untracked_grad_norm(self.engine)
+                self.anomalies.before_update(step, loss / accum, self.grad_norm)
             with record_function("gobig.optimizer"):
                 self.engine.step()
-            loss += out.loss.detach().double()
-        self.progress.step += 1
+        self.anomaly = self.anomalies.after_update()
+        self.progress.step = step
         # Every rank's micro-batches have the same shape (the loaders guarantee
         # it), so the global count needs no collective.
         units *= self.dist.world_size
@@ -207,24 +255,101 @@ class Trainer:
         self._loss_sum += loss / accum
         self._loss_steps += 1
         seconds = time.perf_counter() - t0
-        return StepResult(self.progress.step, loss / accum, units, seconds, data_wait)
+        return StepResult(step, loss / accum, units, seconds, data_wait, busy)
+
+    def _skip_recorded_batches(self, step: int) -> None:
+        # A rollback skipped the batches that led to an anomaly; every later
+        # attempt that reaches this step skips the same ones.
+        skip = self.guard_record.batches_to_skip(step)
+        if skip is None:
+            return
+        before = self.train_loader.state_dict()
+        for _ in range(skip["micro_batches"]):
+            next(self.batches)
+        if "from" not in skip:
+            skip["from"], skip["to"] = before, self.train_loader.state_dict()
+            self.guard_record.save()
+        if self.dist.is_main:
+            print(f"gobig: skipped {skip['micro_batches']} micro-batch(es) before step {step} "
+                  f"(recorded in {self.guard_record.path.name})", flush=True)  # fmt: skip
 
     def after_step(self) -> int:
-        """Log, evaluate and checkpoint as due; returns the agreed control request."""
+        """Anomaly policy, then log, evaluate and checkpoint as due; returns the agreed
+        control request."""
         cfg, step = self.config.train, self.progress.step
+        if self.anomaly is not None and self._handle_anomaly(self.anomaly):
+            return CONTINUE  # rolled back: the steps since the checkpoint are replayed
+        self.faults.after_step(step)
         is_last = step == cfg.max_steps
         request, committed = self.checkpointer.agree(self.control.poll(step))
         self._announce(committed)
         if step % cfg.log_every == 0 or is_last or request == STOP:
             self.log_train()
         if step % cfg.eval_every == 0 or is_last:
-            self.run_eval()
-        if self.checkpointer.due(step, request, is_last):
+            with self.hang_watch.slow_phase("evaluation"):
+                self.run_eval()
+        due = self.checkpointer.due(step, request, is_last) or self._save_owed
+        if due and self.anomaly is not None:
+            self._save_owed = True  # never a checkpoint of a step whose loss was anomalous
+        elif due:
+            self._save_owed = False
             final = is_last or request != CONTINUE  # the run ends (or stops) right after
-            self._announce(
-                self.checkpointer.save(self.engine, self.train_loader, self.progress, final)
-            )
+            self.faults.begin_save(step)
+            with self.hang_watch.slow_phase("checkpoint"):
+                saved = self.checkpointer.save(self.engine, self.train_loader, self.progress, final)
+            self._announce(saved)
         return request
+
+    # -- anomalies ------------------------------------------------------------------
+
+    def _handle_anomaly(self, anomaly: dict[str, Any]) -> bool:
+        """Record it and apply the policy; True if the run rolled back."""
+        guards, step = self.config.guards, anomaly["step"]
+        self.guard_record.add_anomaly(anomaly)
+        self.record(dict(anomaly))
+        recent = self.guard_record.recent_anomalies(step, guards.anomaly_window)
+        if guards.anomaly_policy == "stop" or len(recent) >= guards.max_anomalies:
+            raise self._divergence(recent)
+        if guards.anomaly_policy == "rollback" and self._roll_back(step):
+            return True
+        self.guard_record.skip_update(step)  # a replay of this step withholds it too
+        return False
+
+    def _divergence(self, recent: list[dict[str, Any]]) -> DivergenceError:
+        guards, last = self.config.guards, recent[-1]
+        steps = ", ".join(str(a["step"]) for a in recent)
+        healthy = self.checkpointer.last
+        where = self.checkpointer.home_of(healthy) if healthy else "none (no checkpoint yet)"
+        if guards.anomaly_policy == "stop":
+            what = f"{last['reason']} (guards.anomaly_policy=stop)"
+        else:
+            what = (f"{len(recent)} anomalies within {guards.anomaly_window} steps "
+                    f"(steps {steps}; the last: {last['reason']})")  # fmt: skip
+        return DivergenceError(
+            f"step {last['step']}: training diverged: {what}; newest healthy checkpoint: "
+            f"{where}; lower optim.lr, keep optim.grad_clip above 0, or use "
+            "train.precision=fp32, then resume with those overrides"
+        )
+
+    def _roll_back(self, step: int) -> bool:
+        """Back to the newest complete checkpoint before `step`, its batches skipped."""
+        with self.hang_watch.slow_phase("rollback"):
+            if self.checkpointer.pending is not None:
+                self._announce([self.checkpointer.commit()])
+            meta = self.checkpointer.locate(before_step=step)
+            if meta is None:
+                if self.dist.is_main:
+                    print(f"gobig: warning: no checkpoint before step {step} to roll back "
+                          "to; skipping the update instead", flush=True)  # fmt: skip
+                return False
+            accum = self.config.train.grad_accum_steps
+            first = max(int(meta["step"]) + 1, step - self.config.guards.rollback_skip_steps + 1)
+            self.guard_record.skip_batches(first, (step - first + 1) * accum)
+            self.progress = self._restore()
+            self.log.rewind_to(self.progress.step)
+            self.batches = iter(self.train_loader)
+            self._loss_sum, self._loss_steps = 0.0, 0
+        return True
 
     def close(self) -> FitResult:
         """End the attempt: the result record, the callbacks' close, the final upload."""

@@ -28,6 +28,7 @@ class StepResult:
     units: int  # tokens or images over all ranks
     seconds: float  # wall time of the step
     data_wait_s: float  # of which waiting for batches
+    busy_s: float = 0.0  # this rank's own time: waiting for batches plus forward passes
 
 
 class Callback:

@@ -64,19 +64,36 @@ class WandbCallback(Callback):
 
     def __init__(self, run: Any, skip_through: int = -1):
         self.run = run
-        self.skip_through = skip_through
+        # Per kind, the highest step W&B has: a rollback replays steps already sent.
+        self.sent = {"train": skip_through, "eval": skip_through}
+        self.anomalies = 0
 
     def on_log(self, trainer: Any, record: dict[str, Any]) -> None:
+        kind = record["kind"]
+        if kind == "anomaly":
+            self._anomaly(record)
+            return
         # Checkpoint records are written at a later step than their own and startup
         # records are per attempt: W&B's history is steps and evaluations.
-        if record["kind"] not in ("train", "eval") or record["step"] <= self.skip_through:
+        if kind not in self.sent or record["step"] <= self.sent[kind]:
             return
+        self.sent[kind] = record["step"]
         payload = {
-            f"{record['kind']}/{k}": v
+            f"{kind}/{k}": v
             for k, v in record.items()
             if k not in ("kind", "step") and isinstance(v, int | float)
         }
         self.run.log(payload, step=record["step"])
+
+    def _anomaly(self, record: dict[str, Any]) -> None:
+        # Not a history row (a rollback would log a step out of order): the
+        # run's summary keeps the count and the latest, and an online run alerts.
+        self.anomalies += 1
+        text = f"step {record['step']}: {record['reason']} (policy {record['policy']})"
+        self.run.summary["anomalies"] = self.anomalies
+        self.run.summary["last_anomaly"] = text
+        if getattr(self.run.settings, "mode", "offline") == "online":
+            self.run.alert(title="gobig: training anomaly", text=text)
 
     def on_close(self, trainer: Any, result: Any) -> None:
         self.run.finish()

@@ -98,6 +98,18 @@ class TrainConfig(Section):
     peak_tflops: float | None = Field(
         None, gt=0.0, description="per-worker peak for MFU; default: measured once per machine"
     )
+    hang_timeout_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="a rank with no step for this long is hung: collectives time out, the "
+        "run restarts (Ray) or exits; default 120 on CPU, 300 with GPUs",
+    )
+    slow_phase_timeout_s: float = Field(
+        1800.0,
+        gt=0.0,
+        description="the allowance of start-up (first step: compilation, checkpoint "
+        "loading), checkpoint saves and evaluation",
+    )
 
 
 class ClusterConfig(Section):
@@ -147,6 +159,64 @@ class LoggingConfig(Section):
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
 
 
+class GuardsConfig(Section):
+    """What watches the run's health: divergence and straggling ranks (train/guards/)."""
+
+    anomaly_policy: Literal["skip", "rollback", "stop"] = Field(
+        "skip",
+        description="after a non-finite loss or grad norm, or a loss spike: skip that "
+        "update; roll back to the newest checkpoint before it and skip its batches; or stop",
+    )
+    spike_sigmas: float = Field(
+        6.0,
+        ge=0.0,
+        description="a loss this many std devs above the window's mean is a spike; 0: off",
+    )
+    spike_window: int = Field(100, ge=2, description="healthy steps in the running loss window")
+    spike_min_steps: int = Field(
+        20, ge=2, description="steps in the window before spikes are judged"
+    )
+    max_anomalies: int = Field(
+        5, ge=1, description="this many anomalies within anomaly_window steps end the run"
+    )
+    anomaly_window: int = Field(100, ge=1)
+    rollback_skip_steps: int = Field(
+        1, ge=1, description="steps' worth of batches skipped after a rollback (up to the anomaly)"
+    )
+    straggler_factor: float = Field(
+        1.5, ge=0.0, description="a rank this much slower than the median is a straggler; 0: off"
+    )
+    straggler_patience: int = Field(
+        3, ge=1, description="log steps in a row a rank must be slow before it is reported"
+    )
+
+
+FaultKind = Literal[
+    "kill",
+    "kill_during_save",
+    "hang",
+    "stop",
+    "nan_loss",
+    "corrupt_checkpoint",
+    "fill_disk",
+    "slow",
+]
+
+
+class FaultConfig(Section):
+    """One failure to cause on purpose (train/faults.py): for tests and rehearsals."""
+
+    kind: FaultKind
+    step: int = Field(ge=1, description="the step at (or after) which it happens")
+    rank: int = Field(0, ge=0, description="the rank it happens to")
+    seconds: float = Field(
+        0.0, ge=0.0, description="hang: how long (0: for good); slow: delay per step"
+    )
+    file: Literal["model", "optim", "rank"] = Field(
+        "optim", description="corrupt_checkpoint: which kind of file gets flipped bytes"
+    )
+
+
 class ExperimentConfig(Section):
     """A whole experiment. Build it with `train.config.load_config`."""
 
@@ -159,6 +229,10 @@ class ExperimentConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    faults: list[FaultConfig] = Field(
+        default_factory=list, description="failures to inject (inert unless listed)"
+    )
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="advanced DeepSpeed keys merged over the derived JSON",
