@@ -64,11 +64,16 @@ def default_hang_timeout(device_type: str) -> float:
 
 
 def set_collective_timeout(seconds: float) -> None:
-    """The default process group's timeout for collectives issued from now on."""
+    """The timeout of collectives issued from now on, in every process group this
+    rank belongs to (DeepSpeed runs ZeRO's reductions in groups of its own)."""
     import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
 
-    if dist.is_initialized():
-        dist.distributed_c10d._set_pg_timeout(timedelta(seconds=seconds))
+    if not dist.is_initialized():
+        return
+    for group in list(c10d._world.pg_map):
+        with contextlib.suppress(ValueError, RuntimeError, AssertionError):
+            c10d._set_pg_timeout(timedelta(seconds=seconds), group)
 
 
 def is_timeout(exc: BaseException) -> bool:
