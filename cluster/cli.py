@@ -2,8 +2,10 @@
 
     gobig train  [CONFIG] [key=value ...] [--address ADDR]   train on Ray (local by default)
     gobig resume RUN_DIR  [key=value ...] [--address ADDR]   continue a run
+    gobig verify RUN_DIR                                     check a run's checkpoints
     gobig submit --address http://HEAD:8265 [CONFIG] [key=value ...] [--no-wait]
     gobig jobs   list|status|logs|stop [JOB_ID] --address http://HEAD:8265
+    gobig check-resume [CONFIG] [key=value ...] [--steps N] [--kills K]   exact resume, checked
     gobig export RUN_OR_CHECKPOINT --out DIR                 safetensors + config
     gobig data   tokenizer|text|images ...                   prepare data
     gobig config [CONFIG] [key=value ...]                    print the resolved config
@@ -99,6 +101,14 @@ def _cmd_resume(ns: argparse.Namespace) -> int:
     return run_training(config, run_dir, cluster_address(config, address), resuming=True)
 
 
+def _cmd_verify(ns: argparse.Namespace) -> int:
+    if len(ns.args) != 1 or ns.args[0].startswith("-"):
+        raise UsageError("usage: gobig verify RUN_DIR")
+    from train.checkpoint.verify_run import verify_command
+
+    return verify_command(ns.args[0])
+
+
 def _cmd_submit(ns: argparse.Namespace) -> int:
     from cluster.jobs import submit
 
@@ -124,6 +134,25 @@ def _cmd_jobs(ns: argparse.Namespace) -> int:
     return jobs_command(address, args)
 
 
+def _cmd_check_resume(ns: argparse.Namespace) -> int:
+    from cluster.check_resume import check_resume
+    from cluster.ray_session import cluster_address
+
+    address, args = pop_option(ns.args, "--address")
+    options = {}
+    for name in ("--steps", "--kills", "--seed"):
+        value, args = pop_option(args, name)
+        if value is not None:
+            if not value.isdigit():
+                raise UsageError(f"{name} needs a whole number, got {value!r}")
+            options[name[2:]] = int(value)
+    keep, args = pop_option(args, "--keep")
+    path, overrides = split_config_and_overrides(args)
+    config = load_config(path or DEFAULT_CONFIG, overrides)
+    keep_dir = Path(keep) if keep else None
+    return check_resume(config, cluster_address(config, address), keep=keep_dir, **options)
+
+
 def _cmd_export(ns: argparse.Namespace) -> int:
     from train.export import main as export_main
 
@@ -141,11 +170,17 @@ COMMANDS = {
     "train": ("train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, CONFIG_ARGS),
     "resume": ("continue a run from its newest complete checkpoint", _cmd_resume,
                "RUN_DIR [dotted.key=value ...] [--address ADDR]"),
+    "verify": ("check every checkpoint of a run: intact, incomplete or corrupt (exit 1 "
+               "if the newest is not usable)", _cmd_verify, "RUN_DIR"),
     "submit": ("submit a training job to a Ray cluster", _cmd_submit,
                "--address http://HEAD:8265 [CONFIG.yaml] [key=value ...] [--no-wait] "
                "[--no-requirements]"),
     "jobs": ("list, inspect, follow or stop submitted jobs", _cmd_jobs,
              "list | status JOB_ID | logs JOB_ID | stop JOB_ID  --address http://HEAD:8265"),
+    "check-resume": ("train a short horizon straight and with workers killed; compare "
+                     "every loss", _cmd_check_resume,
+                     "[CONFIG.yaml] [key=value ...] [--steps N] [--kills K] [--seed S] "
+                     "[--keep DIR] [--address ADDR]"),
     "export": ("write a checkpoint's weights as safetensors", _cmd_export,
                "RUN_OR_CHECKPOINT --out DIR"),
     "data": ("prepare data: tokenizer | text | images", _cmd_data, "tokenizer|text|images ..."),
