@@ -119,7 +119,7 @@ def _fit_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.loopback import LoopbackTorchConfig
-    from cluster.worker import train_worker
+    from cluster.worker import FINAL_ERROR, train_worker
 
     c = config.cluster
     resources = {"CPU": c.cpus_per_worker, **c.resources_per_worker}
@@ -154,6 +154,9 @@ def _fit_on_ray(
             result = trainer.fit()
         except Exception as exc:  # Ray raises when the run fails for good
             return exc
+    final = (result.metrics or {}).get(FINAL_ERROR)
+    if final:  # the workers stopped on an error a retry would only meet again
+        return GobigError(final)
     return result.error
 
 

@@ -5,6 +5,10 @@ times on every rank, as Ray requires), through a Trainer callback
 (cluster/ray_report.py). Restarts after a failure call this again; `fit`
 then resumes from the run directory's newest complete checkpoint.
 Ray's preemption notice triggers a just-in-time checkpoint.
+
+An error every rank raises at the same step and that a restart would only
+meet again (a `final` GobigError: a diverged run) is reported to the driver
+instead of raised, so Ray ends the run rather than retrying it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import socket
 from pathlib import Path
 from typing import Any
+
+FINAL_ERROR = "gobig_final_error"  # the metric a worker reports a final error under
 
 
 def train_worker(payload: dict[str, Any]) -> None:
@@ -47,7 +53,14 @@ def train_worker(payload: dict[str, Any]) -> None:
         preemption_probe=lambda: ray.train.get_preemption_info() is not None,
         probe_every=config.train.log_every,
     )
-    fit(config, str(storage), resume=True, callbacks=[RayReport()], control=control)
+    from data_pipeline.errors import GobigError, error_message
+
+    try:
+        fit(config, str(storage), resume=True, callbacks=[RayReport()], control=control)
+    except GobigError as exc:
+        if not getattr(exc, "final", False):
+            raise
+        ray.train.report({FINAL_ERROR: error_message(exc)})  # every rank, once, as Ray asks
 
 
 def _record_worker(run_dir: Path, rank: int) -> None:

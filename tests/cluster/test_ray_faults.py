@@ -84,3 +84,16 @@ def test_rank_stuck_while_alive_is_restarted(gpt_run, text_dataset, tmp_path):
     assert "at faults.py" in output  # where the stuck rank was
     run_dir = tmp_path / "stuck"
     assert train_losses(run_dir) == train_losses(gpt_run)
+
+
+def test_a_diverged_run_on_ray_ends_in_one_line_without_retries(text_dataset, tmp_path):
+    """Every rank stops at the same step; Ray is told, not made to retry it."""
+    proc = _train(
+        text_dataset, tmp_path, "diverged", "optim.lr=1e4", "optim.grad_clip=0",
+        "train.precision=bf16", "train.max_steps=40",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("gobig: error:")]
+    assert len(errors) == 1 and "training diverged: 5 anomalies" in errors[0], proc.stderr[-3000:]
+    starts = [r for r in read_metrics(tmp_path / "diverged") if r["kind"] == "startup"]
+    assert len(starts) == 1  # one attempt: no restart met the same divergence again

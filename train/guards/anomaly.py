@@ -191,4 +191,10 @@ class AnomalyGuard:
 
 
 class DivergenceError(GobigError, RuntimeError):
-    """The run diverged past what the anomaly policy allows; str() is one line."""
+    """The run diverged past what the anomaly policy allows; str() is one line.
+
+    Every rank raises it at the same step (the decision is global), and a
+    restart would meet it again: `final` tells an orchestrator not to retry.
+    """
+
+    final = True
