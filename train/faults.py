@@ -17,6 +17,7 @@ fail again. With no faults listed every hook returns at once.
                         `seconds`, or for good; the process stays alive
     stop                SIGSTOP the rank inside step N (only SIGCONT/SIGKILL help)
     nan_loss            the rank's loss at step N becomes NaN before backward
+    loss_spike          the rank's loss at step N is `factor` times larger
     corrupt_checkpoint  after the checkpoint of step N (or the first after it)
                         is committed, flip bytes in its `file` (model, optim or
                         rank state; same size), then SIGKILL the rank
@@ -100,10 +101,13 @@ class Faults:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     def poison_loss(self, step: int, loss):
-        """The loss to backpropagate: NaN at a `nan_loss` step."""
-        if self.mine and self._due("nan_loss", step) is not None:
+        """The loss to backpropagate: NaN at a `nan_loss` step, scaled at a `loss_spike`."""
+        if not self.mine:
+            return loss
+        if self._due("nan_loss", step) is not None:
             return loss * float("nan")
-        return loss
+        spike = self._due("loss_spike", step)
+        return loss * spike.factor if spike is not None else loss
 
     def after_step(self, step: int) -> None:
         if self.mine and self._due("kill", step) is not None:

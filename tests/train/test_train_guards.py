@@ -101,6 +101,17 @@ def test_stop_policy_ends_with_one_line_naming_the_step(runs, tmp_path):
     assert f"newest healthy checkpoint: {step_dir(run.run_dir, 3)}" in line
 
 
+def test_a_loss_spike_is_an_anomaly(runs, tmp_path):
+    """Six standard deviations over the window of healthy losses: withheld, recorded."""
+    extra = [_faults(f"{{kind: loss_spike, step: {FAULT_STEP}, factor: 100}}"),
+             "guards.spike_min_steps=3", "logging.wandb.mode=disabled"]  # fmt: skip
+    run = run_train(gpt_args(runs.text, 1, 0, *extra), tmp_path / "spike").check()
+    (anomaly,) = run.records("anomaly")
+    assert anomaly["step"] == FAULT_STEP and anomaly["reason"].startswith("loss spike (")
+    assert math.isfinite(anomaly["loss"])
+    assert "anomaly @ step 5: loss spike" in run.stdout
+
+
 def test_a_diverging_run_stops_with_one_clear_line(runs, tmp_path):
     """The classic blow-up: a huge lr, no clipping, bf16 under ZeRO-2."""
     extra = ["optim.lr=1e4", "optim.grad_clip=0", "train.precision=bf16", "train.max_steps=60",

@@ -197,6 +197,7 @@ FaultKind = Literal[
     "hang",
     "stop",
     "nan_loss",
+    "loss_spike",
     "corrupt_checkpoint",
     "fill_disk",
     "slow",
@@ -212,6 +213,7 @@ class FaultConfig(Section):
     seconds: float = Field(
         0.0, ge=0.0, description="hang: how long (0: for good); slow: delay per step"
     )
+    factor: float = Field(100.0, gt=0.0, description="loss_spike: how much larger the loss is")
     file: Literal["model", "optim", "rank"] = Field(
         "optim", description="corrupt_checkpoint: which kind of file gets flipped bytes"
     )
