@@ -2,11 +2,18 @@
 
     layout.py        what a checkpoint directory holds; names; CheckpointError
     files.py         the filesystem interface: LocalFiles and RemoteFiles (pyarrow.fs)
-    catalog.py       list, verify, mark complete, newest, prune: once, over files.py
+    checksum.py      xxh3_128 checksums: a file object that hashes what it writes
+    catalog.py       list, verify (sizes, checksums), mark complete, newest, prune
     location.py      run directories by path or URI; a URI run's staging directory
     storage.py       RunStorage: a run's home and its local working copy
     disk.py          a rank's state file, flushing, read-ahead
+    finite.py        finding inf/NaN in a state dict before it is written
+    writer.py        CheckpointWriter: every file of a save, hashed, never raising
+    write_errors.py  a failed write (a full disk above all) as one line; low-space warning
+    agreement.py     ranks agreeing on a failure and its message
     background.py    asynchronous saves: capture DeepSpeed's writes, write in a fork
+    selection.py     the checkpoint to resume from: the newest every rank finds intact
+    verify_run.py    `gobig verify`: every checkpoint of a run and its state
     elastic.py       resume at another world size or ZeRO stage (universal checkpoints)
     weights.py       weights-only loading for every checkpoint file
     checkpointer.py  the Trainer's view: locate, restore, when to save, save, commit

@@ -9,6 +9,13 @@ was at the fork, writes every file, flushes it to disk and exits. Training
 goes on at once; the optimizer's next in-place updates only copy the pages
 they touch while the child still runs.
 
+The child writes through the same CheckpointWriter as a synchronous save
+(writer.py): it checks that tensors are finite, hashes each file as it writes
+it and leaves the rank's sums file, so the checksums in COMPLETE are the
+child's own. A failure reaches the parent as the writer's one line, through a
+pipe (the disk may be too full for a file), and ends the run with the same
+message a synchronous save would give.
+
 The checkpoint is marked complete (by the Checkpointer, once every rank's
 writer has exited cleanly) only after that, so a crash at any moment leaves
 at worst an unmarked directory that resume skips. The child dies with its
@@ -31,8 +38,8 @@ from typing import Any
 
 import torch
 
-from train.checkpoint.disk import fsync_tree
 from train.checkpoint.layout import CheckpointError
+from train.checkpoint.writer import CheckpointWriter, swap_checkpoint_engine
 
 Files = list[tuple[str, Any]]  # (path, object for torch.save)
 
@@ -64,43 +71,46 @@ def to_host(obj: Any) -> Any:
 
 class CapturingCheckpointEngine:
     """Stands in for DeepSpeed's checkpoint engine: `save` records instead of writing,
-    everything else goes to the engine it replaces."""
+    directory creation cannot raise (a failure goes to `writer`), everything else goes
+    to the engine it replaces."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, writer: CheckpointWriter) -> None:
         self.inner = inner
+        self.writer = writer
         self.captured: Files = []
 
     def save(self, state_dict: Any, path: str) -> None:
         self.captured.append((path, to_host(state_dict)))
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        try:
+            os.makedirs(path, exist_ok=exist_ok)
+        except OSError as exn:  # rank 0 creates the folder before a barrier: never raise
+            self.writer.fail(exn, path)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
 @contextlib.contextmanager
-def capture_engine_writes(engine: Any) -> Iterator[Files]:
-    """Within the block, what `engine.save_checkpoint` would write lands in the list."""
-    current = engine.checkpoint_engine
-    capturing = CapturingCheckpointEngine(current)
-    optimizer = getattr(engine, "optimizer", None)
-    swap_optimizer = getattr(optimizer, "checkpoint_engine", None) is current
-    engine.checkpoint_engine = capturing
-    if swap_optimizer:
-        optimizer.checkpoint_engine = capturing
-    try:
+def capture_engine_writes(engine: Any, writer: CheckpointWriter) -> Iterator[Files]:
+    """Within the block, what `engine.save_checkpoint` would write lands in the list.
+
+    Args:
+        engine: the DeepSpeed engine.
+        writer: the writer the child will use; a failure while capturing goes to it.
+    """
+    capturing = CapturingCheckpointEngine(engine.checkpoint_engine, writer)
+    with swap_checkpoint_engine(engine, capturing):
         yield capturing.captured
-    finally:
-        engine.checkpoint_engine = current
-        if swap_optimizer:
-            optimizer.checkpoint_engine = current
 
 
 def write_files(files: Files, root: Path) -> None:
-    """torch.save every (path, object), then flush the tree under `root` to disk."""
-    for path, obj in files:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, path)
-    fsync_tree(root)
+    """Write every (path, object) through a CheckpointWriter (rank 0's sums file
+    included) and flush the tree under `root`; CheckpointError if anything failed."""
+    error = CheckpointWriter(root, rank=0).write_all(files)
+    if error is not None:
+        raise CheckpointError(error)
 
 
 def _die_with_parent() -> None:
@@ -117,30 +127,38 @@ class BackgroundWrite:
     Args:
         files: what to write.
         root: the checkpoint directory (flushed after the files).
+        writer: how (default: a plain CheckpointWriter for rank 0).
     """
 
-    def __init__(self, files: Files, root: Path) -> None:
+    def __init__(self, files: Files, root: Path, writer: CheckpointWriter | None = None) -> None:
         self.root = root
+        writer = writer or CheckpointWriter(root, rank=0)
         self.started = time.perf_counter()
         self.seconds: float | None = None
         sys.stdout.flush()
         sys.stderr.flush()
+        read_end, write_end = os.pipe()
         pid = os.fork()
         self.fork_s = time.perf_counter() - self.started  # what the fork itself cost
         if pid == 0:  # the child: write, flush, leave without running any cleanup
             code = 1
             try:
+                os.close(read_end)
                 _die_with_parent()
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                write_files(files, root)
-                code = 0
-            except BaseException as exn:  # noqa: BLE001  (reported through the exit status)
-                print(f"gobig: background checkpoint write to {root} failed: {exn}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                error = writer.write_all(files)
+                if error is None:
+                    code = 0
+                else:
+                    os.write(write_end, error.encode()[:16384])
+            except BaseException as exn:  # noqa: BLE001  (reported through the pipe)
+                os.write(write_end, f"{root}: background checkpoint write failed: {exn}".encode())
             finally:
                 os._exit(code)
+        os.close(write_end)
         self.pid = pid
+        self._reason = read_end  # the child's failure, one line; EOF when it exits
 
     def done(self) -> bool:
         """Whether the child has finished; raises CheckpointError if it failed."""
@@ -158,9 +176,49 @@ class BackgroundWrite:
             _, status = os.waitpid(self.pid, 0)
             self._finish(status)
 
+    def abort(self) -> None:
+        """Stop the child now (another rank's write failed: this one is lost too)."""
+        if self.seconds is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.seconds = time.perf_counter() - self.started
+            os.close(self._reason)
+
     def _finish(self, status: int) -> None:
         self.seconds = time.perf_counter() - self.started
+        chunks = []
+        while chunk := os.read(self._reason, 65536):
+            chunks.append(chunk)
+        os.close(self._reason)
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
-            how = f"signal {-code}" if code < 0 else f"exit status {code}"
-            raise CheckpointError(f"{self.root}: background checkpoint write failed ({how})")
+            reason = b"".join(chunks).decode(errors="replace").strip()
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            raise CheckpointError(
+                reason or f"{self.root}: the background checkpoint writer died ({how})"
+            )
+
+
+class FailedWrite:
+    """A background write that never started (capturing DeepSpeed's save failed):
+    reported at the next agreement, like a child that failed, so that every rank
+    learns of it at the same step.
+
+    Args:
+        error: the failure, one line.
+    """
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+        self.seconds: float | None = None
+        self.fork_s = 0.0
+
+    def done(self) -> bool:
+        raise CheckpointError(self.error)
+
+    def wait(self) -> None:
+        raise CheckpointError(self.error)
+
+    def abort(self) -> None:
+        pass

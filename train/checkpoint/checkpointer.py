@@ -1,29 +1,60 @@
 """A run's checkpoints as the Trainer sees them: find, restore, when, save, commit.
 
 Saving runs in two halves. `save` writes this rank's part (engine state,
-loader and RNG state), or captures it and leaves the writing to a forked
-child (background.py). The checkpoint is committed (marked complete, pruned,
-and for a URI run uploaded) only once every rank's write is done: at once
-for a synchronous save, or at the first step at which `agree` finds every
-rank's background write finished. Every rank calls `agree` after every step,
-so ranks act on outside requests and on finished writes at the same step.
+loader and RNG state) through a CheckpointWriter (writer.py: checksums taken
+while writing, non-finite tensors refused), or captures it and leaves the
+writing to a forked child (background.py) that uses the same writer. The
+checkpoint is committed (marked complete, pruned, and for a URI run uploaded)
+only once every rank's write is done: at once for a synchronous save, or at
+the first step at which `agree` finds every rank's background write finished.
+Every rank calls `agree` after every step, so ranks act on outside requests
+and on finished writes at the same step.
+
+A save that fails anywhere (a full disk, a failing upload, the fault hook, a
+non-finite tensor) fails on every rank at the same step: the writers never
+raise inside DeepSpeed's collectives, the ranks agree on the failure, rank 0
+removes the partial checkpoint (the previous complete one stays: prune has not
+run), and every rank raises the same one-line CheckpointError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from train.checkpoint.background import BackgroundWrite, can_fork, capture_engine_writes
+from data_pipeline.errors import error_message
+from train.checkpoint.agreement import agree_on_error
+from train.checkpoint.background import (
+    BackgroundWrite,
+    FailedWrite,
+    can_fork,
+    capture_engine_writes,
+)
 from train.checkpoint.catalog import read_meta
-from train.checkpoint.disk import fsync_tree, load_rank_state, prefetch, save_rank_state
+from train.checkpoint.disk import load_rank_state, prefetch
 from train.checkpoint.elastic import convert_to_universal, load_universal_into, needs_elastic_load
-from train.checkpoint.layout import ENGINE_TAG, CheckpointError, rank_file, step_dir
+from train.checkpoint.layout import (
+    CHECKPOINTS,
+    ENGINE_TAG,
+    META,
+    CheckpointError,
+    rank_file,
+    step_dir,
+)
+from train.checkpoint.selection import newest_intact
 from train.checkpoint.storage import RunStorage
+from train.checkpoint.write_errors import describe_write_error, warn_if_low_on_space
+from train.checkpoint.writer import (
+    BeforeWrite,
+    CheckpointWriter,
+    save_engine_state,
+    write_engine_files,
+)
 from train.config.schema import ExperimentConfig
 from train.control import CONTINUE
 from train.distributed import DistInfo, all_reduce_max, barrier
@@ -50,8 +81,10 @@ class PendingCheckpoint:
 
     path: Path
     meta: dict[str, Any]
-    write: BackgroundWrite | None  # None: written synchronously
+    write: BackgroundWrite | FailedWrite | None  # None: written synchronously
     blocking_s: float  # time training waited for it so far
+    error: str | None = None  # a synchronous write's failure, one line
+    expected_bytes: int | None = None  # the previous checkpoint's size
 
 
 class Checkpointer:
@@ -77,6 +110,14 @@ class Checkpointer:
         # Seconds per part of the latest save (start to commit) or restore.
         self.timings: dict[str, float] = {}
         self.run_id = ""  # the W&B run id every checkpoint records (set once it is known)
+        # Called with each file's path right before it is written, in the process
+        # that writes it (this one, or the background child); what it raises is
+        # handled like a disk error. Set by fault injection (train/faults.py).
+        self.before_write: BeforeWrite | None = None
+        # Checksums (taken while writing, checked on resume) and the finiteness
+        # check; switched off only to measure what they cost (bench/).
+        self.checksums = True
+        self.finite_check = True
 
     @contextlib.contextmanager
     def _timed(self, part: str) -> Iterator[None]:
@@ -88,9 +129,24 @@ class Checkpointer:
 
     # -- resume -------------------------------------------------------------------
 
-    def locate(self) -> dict[str, Any] | None:
-        """Find the newest complete checkpoint (fetching it if remote); its meta or None."""
-        self.resume_from = self.last = self.storage.checkpoint_to_resume(self.dist)
+    def locate(self, before_step: int | None = None) -> dict[str, Any] | None:
+        """Find the newest intact checkpoint (fetching it if remote); its meta or None.
+
+        Every rank checks its share of each candidate's checksums, and all ranks
+        agree; a checkpoint any rank finds damaged is skipped (with a warning
+        naming it and the file) in favour of the previous one (selection.py).
+
+        Args:
+            before_step: consider only checkpoints of steps before this one (a
+                rollback in a live process: then `restore` loads the one found).
+        """
+        self.timings = {}
+        if before_step is None:  # at start-up; a rollback keeps the live run's own files
+            self.storage.fetch_run_files(self.dist)
+        with self._timed("verify"):
+            found = newest_intact(self.storage, self.dist, before_step, self.checksums)
+        self.resume_from = self.last = found
+        self.meta = None
         if self.resume_from is None:
             return None
         self.meta = read_meta(self.resume_from)
@@ -106,7 +162,6 @@ class Checkpointer:
         """
         if self.resume_from is None:
             return None
-        self.timings = {}
         ckpt, meta, step = self.resume_from, self.meta, int(self.meta["step"])
         if self.elastic:
             self._restore_elastic(engine, ckpt, step)
@@ -155,19 +210,19 @@ class Checkpointer:
         """(strongest control request over all ranks, checkpoints committed now).
 
         Every rank must act at the same step: on a stop any rank was asked for,
-        and on a background checkpoint only once every rank's write is done.
+        and on a background checkpoint only once every rank's write is done (or
+        on every rank, with the same CheckpointError, once any rank's failed).
         """
-        writing = WRITE_DONE
+        writing, error = WRITE_DONE, None
         if self.pending is not None and self.pending.write is not None:
             try:
                 writing = WRITE_DONE if self.pending.write.done() else WRITE_RUNNING
-            except CheckpointError:
-                writing = WRITE_FAILED
+            except CheckpointError as exn:
+                writing, error = WRITE_FAILED, str(exn)
         agreed = all_reduce_max([float(request), float(writing)], self.dist.device)
         if agreed[1] == WRITE_FAILED:
-            raise CheckpointError(
-                f"{self.pending.path}: a rank's background checkpoint write failed (see its stderr)"
-            )
+            pending, self.pending = self.pending, None
+            self._fail(pending, agree_on_error(error, self.dist))
         done = self.pending is not None and agreed[1] == WRITE_DONE
         return int(agreed[0]), [self.commit()] if done else []
 
@@ -196,26 +251,40 @@ class Checkpointer:
         self, engine: Any, loader: Any, progress: Progress, background: bool
     ) -> PendingCheckpoint:
         """Write this rank's part of the checkpoint of `progress.step`, or (background)
-        capture it and leave the writing to a forked child."""
+        capture it and leave the writing to a forked child. Never raises for a failed
+        write: that is agreed on and raised in `commit` or `agree`."""
         t0 = time.perf_counter()
         self.timings = {}
         ckpt = step_dir(self.storage.local, progress.step)
+        # The newest complete checkpoint's size (a URI run: this node's share, what its
+        # staging disk must hold): what the new one needs, about.
+        expected = self.storage.staged.newest_bytes()
+        if self.dist.is_main:
+            warn_if_low_on_space(ckpt.parent, expected)
         self.storage.begin_checkpoint(ckpt.name, self.dist)
         rank_state = {"data": loader.state_dict(), "rng": capture_rng()}
-        write = None
+        writer = CheckpointWriter(
+            ckpt, self.dist.rank, self.before_write, expected, self.checksums, self.finite_check
+        )
+        rank_path = str(rank_file(ckpt, self.dist.rank))
+        write, error = None, None
         if background:
-            with self._timed("capture"), capture_engine_writes(engine) as files:
-                engine.save_checkpoint(str(ckpt), tag=ENGINE_TAG, save_latest=False)
-            files.append((str(rank_file(ckpt, self.dist.rank)), rank_state))
-            write = BackgroundWrite(files, ckpt)
-            self.timings["fork"] = write.fork_s
+            with self._timed("capture"), capture_engine_writes(engine, writer) as files:
+                save_engine_state(engine, ckpt, ENGINE_TAG, writer)
+            files.append((rank_path, rank_state))
+            if writer.error is None:
+                write = BackgroundWrite(files, ckpt, writer)
+                self.timings["fork"] = write.fork_s
+            else:  # nothing to fork for; every rank hears of it at the next `agree`
+                write = FailedWrite(writer.error)
         else:
-            with self._timed("engine.save_checkpoint"):
-                engine.save_checkpoint(str(ckpt), tag=ENGINE_TAG, save_latest=False)
+            with self._timed("engine.save_checkpoint"), write_engine_files(engine, writer):
+                save_engine_state(engine, ckpt, ENGINE_TAG, writer)
             with self._timed("save_rank_state"):
-                save_rank_state(ckpt, self.dist.rank, rank_state)
-            with self._timed("fsync_tree"):
-                fsync_tree(ckpt)
+                writer.save(rank_state, rank_path)
+            with self._timed("sums and fsync"):
+                error = writer.finish()
+            self.timings["of which finite check"] = writer.finite_s
         meta = {
             "step": progress.step,
             self.unit: progress.units,
@@ -226,30 +295,41 @@ class Checkpointer:
             "wandb_run_id": self.run_id,
             "time": time.time(),
         }
-        return PendingCheckpoint(ckpt, meta, write, time.perf_counter() - t0)
+        return PendingCheckpoint(ckpt, meta, write, time.perf_counter() - t0, error, expected)
 
     def commit(self) -> SavedCheckpoint:
         """Every rank: wait for its write; then (rank 0) mark complete and prune.
 
         For a URI run the local checkpoint is uploaded first (every rank its
-        share) and rank 0 marks the remote copy complete, last.
+        share) and rank 0 marks the remote copy complete, last. A failure at any
+        point, on any rank, raises the same CheckpointError on every rank.
         """
         pending, self.pending = self.pending, None
         t0 = time.perf_counter()
+        error = pending.error
         if pending.write is not None:
             with self._timed("wait for the writer"):
-                pending.write.wait()
-        barrier()
-        if self.storage.is_remote:
+                try:
+                    pending.write.wait()
+                except CheckpointError as exn:
+                    error = str(exn)
+        error = agree_on_error(error, self.dist)  # also the barrier: every rank has written
+        if error is None and self.storage.is_remote:
             with self._timed("upload"):
-                self.storage.upload_share(pending.path, self.dist)
-            barrier()
-        if self.dist.is_main:
+                try:
+                    self.storage.upload_share(pending.path, self.dist)
+                except Exception as exn:  # noqa: BLE001  (any rank's failure fails all)
+                    error = f"upload to {self.home_of(pending.path)} failed: {error_message(exn)}"
+            error = agree_on_error(error, self.dist)
+        if error is None and self.dist.is_main:
             with self._timed("mark_complete"):
-                self.storage.mark_checkpoint(pending.path.name, pending.meta, self.dist.world_size)
+                error = self._mark(pending)
+        error = agree_on_error(error, self.dist)  # every rank sees it marked, or fails
+        if error is not None:
+            self._fail(pending, error)
+        if self.dist.is_main:
             with self._timed("prune"):
-                self.storage.prune(self.config.checkpoint.keep)
-        barrier()
+                self._prune()
         pending.blocking_s += time.perf_counter() - t0
         self.last = pending.path
         write_s = pending.write.seconds if pending.write is not None else pending.blocking_s
@@ -259,4 +339,39 @@ class Checkpointer:
             pending.write is not None,
             pending.blocking_s,
             write_s,
+        )
+
+    def _mark(self, pending: PendingCheckpoint) -> str | None:
+        try:
+            self.storage.mark_checkpoint(pending.path.name, pending.meta, self.dist.world_size)
+        except CheckpointError as exn:
+            return str(exn)
+        except OSError as exn:  # meta.json or COMPLETE on a full disk, a failing store
+            where = exn.filename or pending.path / META
+            return describe_write_error(exn, where, pending.expected_bytes, 0)
+        return None
+
+    def _prune(self) -> None:
+        try:
+            self.storage.prune(self.config.checkpoint.keep)
+        except OSError as exn:  # the new checkpoint is complete: losing the run is worse
+            print(f"gobig: warning: could not prune old checkpoints: {error_message(exn)}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def _fail(self, pending: PendingCheckpoint, error: str | None) -> NoReturn:
+        """Every rank, at the same step: stop writing, drop the partial checkpoint
+        (rank 0), raise the agreed one-line error naming the newest complete one."""
+        if pending.write is not None:
+            pending.write.abort()
+        barrier()  # no rank's writer is still filling the folder rank 0 removes
+        if self.dist.is_main:
+            self.storage.discard_checkpoint(pending.path.name)
+        newest = self.storage.newest_complete(warn=False)
+        kept = "there is no complete checkpoint yet"
+        if newest:
+            where = self.storage.home_of_name(f"{CHECKPOINTS}/{newest}")
+            kept = f"the newest complete checkpoint is {where}"
+        raise CheckpointError(
+            f"checkpoint {self.home_of(pending.path)} (step {pending.meta['step']}) not saved: "
+            f"{error or 'a rank failed'}; {kept}"
         )

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from train.checkpoint.checksum import hash_local_file, hash_stream
 from train.checkpoint.layout import TRASH
 
 
@@ -40,11 +41,14 @@ class RunFiles(Protocol):
     def tree(self, rel: str) -> dict[str, int]:
         """Every file under `rel`: its path relative to `rel` -> its size."""
 
+    def checksum(self, rel: str) -> str:
+        """The file's content checksum (checksum.py), read whole."""
+
     def remove(self, rel: str) -> None:
         """Delete a file if it exists."""
 
-    def remove_tree(self, rel: str) -> None:
-        """Delete a directory and everything in it."""
+    def remove_tree(self, rel: str, now: bool = False) -> None:
+        """Delete a directory and everything in it (`now`: before returning)."""
 
 
 def json_text(payload: dict[str, Any]) -> str:
@@ -95,10 +99,16 @@ class LocalFiles:
             if p.is_file()
         }
 
+    def checksum(self, rel: str) -> str:
+        return hash_local_file(self.root / rel)
+
     def remove(self, rel: str) -> None:
         (self.root / rel).unlink(missing_ok=True)
 
-    def remove_tree(self, rel: str) -> None:
+    def remove_tree(self, rel: str, now: bool = False) -> None:
+        if now:  # e.g. a failed checkpoint on a full disk: the room is needed back
+            shutil.rmtree(self.root / rel, ignore_errors=True)
+            return
         # A rename into the trash (instant), then deletion in a background
         # thread: deleting hundreds of MB takes longer than writing them on
         # some file systems, and training need not wait for it. Trash left by a
@@ -173,9 +183,13 @@ class RemoteFiles:
         infos = self.fs.get_file_info(pafs.FileSelector(prefix, recursive=True))
         return {i.path[len(prefix) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
 
+    def checksum(self, rel: str) -> str:
+        with self.fs.open_input_stream(self.path(rel)) as fh:
+            return hash_stream(fh)
+
     def remove(self, rel: str) -> None:
         if self.sizes([rel])[0] is not None:
             self.fs.delete_file(self.path(rel))
 
-    def remove_tree(self, rel: str) -> None:
+    def remove_tree(self, rel: str, now: bool = False) -> None:
         self.fs.delete_dir(self.path(rel))

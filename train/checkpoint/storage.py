@@ -12,10 +12,13 @@ of a node and for every attempt, so ranks on one node share it and a restarted
 worker finds what it wrote.
 
 Checkpoints keep the catalog's completeness rule on the remote copy: every
-rank uploads its share of the step directory, a barrier, then rank 0 writes
-meta.json and COMPLETE (with the sizes of the remote files) last. Resume picks
-the newest remote checkpoint that verifies remotely, downloads it into the
-staging directory, and the ordinary local resume path takes over.
+rank uploads its share of the step directory (its sums file with it), a
+barrier, then rank 0 writes meta.json and COMPLETE (with the sizes of the
+remote files and the checksums taken while writing) last. Resume takes the
+newest remote checkpoint whose sizes verify remotely, downloads it into the
+staging directory, checks the checksums there (every rank its share: the
+downloaded bytes are the remote ones, or the check catches the download) and
+the ordinary local resume path takes over.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from train.checkpoint.catalog import Catalog, local_catalog
 from train.checkpoint.files import LocalFiles, RemoteFiles
-from train.checkpoint.layout import CHECKPOINTS, MARKER, META
+from train.checkpoint.layout import CHECKPOINTS, MARKER, META, step_of
 from train.checkpoint.location import is_uri, join_run_dir, split_run_dir, staging_dir
-from train.distributed import DistInfo
+
+if TYPE_CHECKING:  # `gobig verify` reads a run's storage without torch
+    from train.distributed import DistInfo
 
 # Rank 0's files besides checkpoints, mirrored at each checkpoint and at the end.
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl")
@@ -104,21 +109,22 @@ class RunStorage:
 
     # --- resume (every rank) -------------------------------------------------
 
-    def checkpoint_to_resume(self, dist: DistInfo) -> Path | None:
-        """The local checkpoint directory to resume from, fetched from home if remote.
+    def candidates(self, before_step: int | None = None) -> list[str]:
+        """Checkpoint names at home, newest first (only steps < `before_step` if given)."""
+        names = reversed(self.list_checkpoints())
+        return [n for n in names if before_step is None or step_of(n) < before_step]
 
-        Args:
-            dist: this rank (rank 0 warns and also fetches the run's own files).
-        """
+    def fetch_run_files(self, dist: DistInfo) -> None:
+        """Rank 0 of a remote run: the run's own files into the staging directory."""
         self.local.mkdir(parents=True, exist_ok=True)
-        name = self.newest_complete(warn=dist.is_main)
         if self.is_remote and dist.is_main:
             for run_file in RUN_FILES:  # run.json keeps the W&B id; metrics get rewound
                 text = self.read_text(run_file)
                 if text is not None:
                     (self.local / run_file).write_text(text)
-        if name is None:
-            return None
+
+    def fetch_checkpoint(self, name: str) -> Path:
+        """The local directory of checkpoint `name`, downloaded first if remote."""
         if not self.is_remote:
             return self.local / CHECKPOINTS / name
         with self._lock():  # ranks on one node share the staging dir: fetch once
@@ -182,6 +188,14 @@ class RunStorage:
             self.staged.mark_complete(name, meta, world_size=None)  # this node's share only
             self.upload_run_files()
         self.checkpoints.mark_complete(name, meta, world_size)
+
+    def discard_checkpoint(self, name: str) -> None:
+        """Rank 0, after a failed save: remove what was written of `name`, here and at home."""
+        if (self.local / CHECKPOINTS / name).is_dir():
+            self.staged.files.remove_tree(name, now=True)
+        if self.is_remote:
+            with contextlib.suppress(OSError):  # nothing uploaded yet, or the store is down
+                self.checkpoints.files.remove_tree(name, now=True)
 
     def prune(self, keep: int) -> None:
         """Rank 0: keep the newest `keep` complete checkpoints (here and at home)."""
