@@ -32,12 +32,12 @@ def test_child_writes_the_state_as_it_was_at_the_fork(tmp_path):
 def test_a_failed_or_killed_write_is_an_error(tmp_path):
     unpicklable = {"f": lambda: 0}
     write = BackgroundWrite([(str(tmp_path / "bad.pt"), unpicklable)], tmp_path)
-    with pytest.raises(CheckpointError, match="exit status 1"):
+    with pytest.raises(CheckpointError, match="bad.pt: .*pickle"):  # the child's own line
         write.wait()
     big = {"w": torch.zeros(50_000_000)}
     write = BackgroundWrite([(str(tmp_path / "big.pt"), big)], tmp_path)
     os.kill(write.pid, signal.SIGKILL)
-    with pytest.raises(CheckpointError, match="signal 9"):
+    with pytest.raises(CheckpointError, match="killed by signal 9"):
         while not write.done():
             pass
 
