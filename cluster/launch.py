@@ -119,7 +119,7 @@ def _fit_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.loopback import LoopbackTorchConfig
-    from cluster.worker import FINAL_ERROR, train_worker
+    from cluster.worker import take_final_error, train_worker
 
     c = config.cluster
     resources = {"CPU": c.cpus_per_worker, **c.resources_per_worker}
@@ -149,12 +149,13 @@ def _fit_on_ray(
             failure_config=FailureConfig(max_failures=c.max_failures),
         ),
     )
+    take_final_error(run_dir)  # one an earlier attempt left is not this attempt's
     with _stop_on_signals(run_dir):
         try:
             result = trainer.fit()
         except Exception as exc:  # Ray raises when the run fails for good
             return exc
-    final = (result.metrics or {}).get(FINAL_ERROR)
+    final = take_final_error(run_dir)
     if final:  # the workers stopped on an error a retry would only meet again
         return GobigError(final)
     return result.error

@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-FINAL_ERROR = "gobig_final_error"  # the metric a worker reports a final error under
+FINAL_ERROR_FILE = "final_error.txt"  # rank 0's one-line final error, for the driver
 
 
 def train_worker(payload: dict[str, Any]) -> None:
@@ -32,6 +32,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     import ray.train
 
     from cluster.ray_report import RayReport
+    from data_pipeline.errors import GobigError, error_message
     from train.checkpoint.storage import RunStorage
     from train.config import build_config
     from train.control import Control
@@ -53,14 +54,29 @@ def train_worker(payload: dict[str, Any]) -> None:
         preemption_probe=lambda: ray.train.get_preemption_info() is not None,
         probe_every=config.train.log_every,
     )
-    from data_pipeline.errors import GobigError, error_message
-
     try:
         fit(config, str(storage), resume=True, callbacks=[RayReport()], control=control)
     except GobigError as exc:
         if not getattr(exc, "final", False):
             raise
-        ray.train.report({FINAL_ERROR: error_message(exc)})  # every rank, once, as Ray asks
+        if rank == 0:  # every rank raised it; the driver reads one
+            _home_files(storage).write_text(FINAL_ERROR_FILE, error_message(exc) + "\n")
+
+
+def _home_files(storage: Any) -> Any:
+    from train.checkpoint.files import LocalFiles
+
+    return storage.remote or LocalFiles(storage.local)
+
+
+def take_final_error(run_dir: Path | str) -> str | None:
+    """The driver: the final error the workers of this run recorded (then forgotten)."""
+    from train.checkpoint.storage import RunStorage
+
+    files = _home_files(RunStorage(run_dir))
+    text = files.read_text(FINAL_ERROR_FILE)
+    files.remove(FINAL_ERROR_FILE)
+    return text.strip() if text else None
 
 
 def _record_worker(run_dir: Path, rank: int) -> None:

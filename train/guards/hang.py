@@ -10,10 +10,11 @@ checkpoint saves and loads, and evaluation get `train.slow_phase_timeout_s`):
   waiting for a missing peer gets an error after it, and the Trainer turns
   that error into `HangError`, one line naming who did not arrive;
 - each rank's watchdog thread writes a beacon (step, time of the last
-  progress, heartbeat, phase, host, pid) to RUN_DIR/workers/ every few
+  progress, heartbeat, phase, host, pid, and where the training thread is)
+  to RUN_DIR/workers/ every few
   seconds and ends its own process when the rank itself has made no progress
   past the allowance (a rank stuck outside any collective, or alone), after
-  printing where its main thread is stuck;
+  printing where its training thread is stuck;
 - a peer whose heartbeat stopped too (a stopped process cannot even run its
   watchdog) is killed when it is on this host, so the group can be torn down
   and restarted (Ray), or the run exits (torchrun, a plain process).
@@ -96,12 +97,12 @@ def read_beacons(run_dir: Path, world_size: int) -> dict[int, dict[str, Any]]:
 
 
 def _in_collective(where: str) -> bool:
-    # A rank whose main thread waits inside a collective is waiting like us.
+    # A rank whose training thread waits inside a collective is waiting like us.
     return any(part in where for part in ("distributed_c10d", "comm.py", "torch.py"))
 
 
-def _main_thread_frame() -> str:
-    frame = sys._current_frames().get(threading.main_thread().ident)
+def _thread_frame(ident: int | None) -> str:
+    frame = sys._current_frames().get(ident)
     if frame is None:
         return "unknown"
     last = traceback.extract_stack(frame)[-1]
@@ -139,6 +140,9 @@ class HangWatch:
         self.allowance = slow_timeout_s
         self.last_progress = time.time()
         self.training = False  # a first step finished: the short allowance applies
+        # The thread that trains (under Ray not the process's main thread): where
+        # it is tells a stuck read from a wait in a collective.
+        self.train_thread = threading.get_ident()
         self._stop = threading.Event()
         _beacon_path(self.run_dir, rank).parent.mkdir(parents=True, exist_ok=True)
         set_collective_timeout(self.allowance)
@@ -146,7 +150,7 @@ class HangWatch:
         self._thread = threading.Thread(target=self._watch, name="gobig-hang-watch", daemon=True)
         self._thread.start()
 
-    # -- main thread --------------------------------------------------------------
+    # -- the training thread ----------------------------------------------------------
 
     def progress(self, step: int) -> None:
         """The rank finished `step`."""
@@ -204,9 +208,10 @@ class HangWatch:
         if culprits:
             missing = "; ".join(culprits)
             return f"step {self.step + 1}: {me} gave up waiting{waited} for {missing}"
+        where = _thread_frame(self.train_thread)
         return (
             f"step {self.step + 1}: {me} made no progress for "
-            f"{now - self.last_progress:.0f} s in {self.phase}, stuck at {_main_thread_frame()}"
+            f"{now - self.last_progress:.0f} s in {self.phase}, stuck at {where}"
         )
 
     def error(self) -> HangError:
@@ -230,7 +235,7 @@ class HangWatch:
         beacon = {
             "rank": self.rank, "host": self.host, "pid": self.pid, "step": self.step,
             "phase": self.phase, "progress_time": self.last_progress, "beat_time": time.time(),
-            "at": _main_thread_frame(),
+            "at": _thread_frame(self.train_thread),
         }  # fmt: skip
         path = _beacon_path(self.run_dir, self.rank)
         tmp = path.with_name(f".{path.name}.{self.pid}")
