@@ -108,6 +108,7 @@ def check_resume(
         keep: where the two runs are kept (default: a temporary directory, removed).
     """
     from cluster.launch import run_training
+    from cluster.ray_session import ray_session
     from train.config import build_config
 
     config = horizon_config(config, min(steps, config.train.max_steps))
@@ -115,19 +116,21 @@ def check_resume(
     schedule = kill_schedule(steps, kills, config.cluster.num_workers, seed)
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="gobig-check-resume-"))
     root.mkdir(parents=True, exist_ok=True)
+    faulty = config.to_dict()
+    faulty["faults"] = schedule
+    faulty["cluster"]["max_failures"] = max(config.cluster.max_failures, len(schedule) + 1)
+    where = ", ".join(f"rank {f['rank']} at step {f['step']}" for f in schedule)
     try:
-        print(f"gobig: check-resume: {steps} steps straight, in {root / 'straight'}", flush=True)
-        code = run_training(config, root / "straight", address)
-        if code != 0:
-            return code
-        faulty = config.to_dict()
-        faulty["faults"] = schedule
-        faulty["cluster"]["max_failures"] = max(config.cluster.max_failures, len(schedule) + 1)
-        where = ", ".join(f"rank {f['rank']} at step {f['step']}" for f in schedule)
-        print(f"gobig: check-resume: again, killing {where}", flush=True)
-        code = run_training(build_config(faulty, "check-resume"), root / "killed", address)
-        if code != 0:
-            return code
+        # One Ray for both runs: starting it is a good share of a short horizon.
+        with ray_session(config, address):
+            print(f"gobig: check-resume: {steps} steps straight, in {root}", flush=True)
+            code = run_training(config, root / "straight", address)
+            if code != 0:
+                return code
+            print(f"gobig: check-resume: again, killing {where}", flush=True)
+            code = run_training(build_config(faulty, "check-resume"), root / "killed", address)
+            if code != 0:
+                return code
         tolerance = GPU_REL_TOLERANCE if config.cluster.use_gpu else 0.0
         result = compare_losses(root / "straight", root / "killed", tolerance)
         print(verdict(result, schedule), flush=True)

@@ -73,8 +73,9 @@ class RaySession:
 def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[RaySession]:
     """Ray, connected for the duration of the block.
 
-    An already-initialised Ray (a caller's own, e.g. in tests or notebooks)
-    is used as it is and left running.
+    An already-initialised Ray is used as it is and left running: a caller's
+    own (tests, notebooks), or one an outer `ray_session` block of gobig's
+    opened (check-resume runs two trainings on one Ray), which keeps its kind.
     """
     if address is not None:
         from cluster.ray_auth import enable_token_auth_if_available
@@ -83,7 +84,10 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[RaySe
     import ray
 
     if ray.is_initialized():
-        yield RaySession("the current Ray session", embedded=False)
+        if _current is not None:  # gobig's own, opened by an outer block (check-resume)
+            yield _current
+        else:
+            yield RaySession("the current Ray session", embedded=False)
         return
     needed = config.cluster.num_workers * config.cluster.cpus_per_worker
     if address is None:
@@ -108,10 +112,7 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[RaySe
                 logging_level=logging.WARNING,
                 runtime_env={"env_vars": WORKER_ENV},
             )
-            try:
-                yield RaySession("embedded local Ray (127.0.0.1)", embedded=True)
-            finally:
-                ray.shutdown()
+            yield from _opened(RaySession("embedded local Ray (127.0.0.1)", embedded=True))
         return
     # A submitted job already carries WORKER_ENV in its own runtime env (and
     # Ray refuses to merge the same keys twice).
@@ -121,7 +122,19 @@ def ray_session(config: ExperimentConfig, address: str | None) -> Iterator[RaySe
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     except ConnectionError as exc:
         raise ClusterError(_connection_problem(address, exc)) from None
+    yield from _opened(RaySession(f"Ray cluster at {address}", embedded=False))
+
+
+_current: RaySession | None = None  # the session gobig opened and has not closed yet
+
+
+def _opened(session: RaySession) -> Iterator[RaySession]:
+    import ray
+
+    global _current
+    _current = session
     try:
-        yield RaySession(f"Ray cluster at {address}", embedded=False)
+        yield session
     finally:
+        _current = None
         ray.shutdown()
