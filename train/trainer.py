@@ -206,7 +206,8 @@ class Trainer:
                 if self.after_step() == STOP:
                     break
                 self.hang_watch.progress(self.progress.step)
-            return self.close()
+            with self.hang_watch.slow_phase("close"):  # W&B's finish, a URI's uploads
+                return self.close()
         except RuntimeError as exc:
             if is_timeout(exc):  # a collective gave up waiting for a rank
                 raise self.hang_watch.error() from None
