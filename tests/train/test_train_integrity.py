@@ -25,8 +25,11 @@ from train.checkpoint.catalog import local_catalog, share_of
 from train.checkpoint.checksum import HASH, hash_local_file
 from train.checkpoint.finite import first_non_finite
 from train.checkpoint.layout import step_name
+from train.checkpoint.selection import newest_intact
+from train.checkpoint.storage import RunStorage
 from train.checkpoint.write_errors import describe_write_error
 from train.checkpoint.writer import CheckpointWriter
+from train.distributed import DistInfo
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -256,6 +259,17 @@ def test_resume_falls_back_past_corrupt_files_and_trains_like_the_straight_run(r
     assert verify(newest, checksums=True) is None  # written again, whole
 
 
+def test_locate_before_a_step_checks_every_checksum_first(runs, tmp_path):
+    # What a rollback in a live process calls: only older checkpoints, fully checked.
+    run_dir = copy_run(runs.straight(2, 2), tmp_path / "rollback")
+    storage, one_rank = RunStorage(run_dir), DistInfo(0, 1, 0, torch.device("cpu"))
+    assert newest_intact(storage, one_rank, before_step=STEPS) == step_dir(run_dir, HALF)
+    flip_bytes(step_dir(run_dir, HALF) / KINDS["rank-state"])
+    with pytest.warns(UserWarning, match=r"rank_00001.pt checksum mismatch.*no intact checkpoint"):
+        assert newest_intact(storage, one_rank, before_step=STEPS) is None
+    assert newest_intact(storage, one_rank) == step_dir(run_dir, STEPS)
+
+
 def test_gobig_verify_names_what_is_wrong_and_what_to_resume_from(runs, tmp_path, capsys):
     straight = runs.straight(2, 2)
     assert cli.main(["verify", str(straight.run_dir)]) == 0
@@ -340,11 +354,13 @@ def test_a_full_disk_fails_the_save_as_one_line_and_the_run_resumes_exactly(runs
         assert verify(lost, checksums=True) is None
 
 
-def test_every_rank_fails_at_the_same_step_on_a_full_disk(runs, tmp_path):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "background"])
+def test_every_rank_fails_at_the_same_step_on_a_full_disk(runs, tmp_path, asynchronous):
     needed = checkpoint_bytes(runs.straight(2, 2).run_dir, HALF)
     with tmpfs(tmp_path / "disk", needed // 2) as disk:  # not even the first checkpoint fits
         run_dir = disk / "run"
-        args = gpt_args(runs.text, 2, 2, f"train.max_steps={STEPS}")
+        # A background write fails in the child; the ranks hear of it at the next step.
+        args = gpt_args(runs.text, 2, 2, f"checkpoint.asynchronous={str(asynchronous).lower()}")
         run = run_train(args, run_dir, nproc=2, env=base_env(tmp_path), timeout=180)
         assert run.returncode != 0
         # One line per rank (two processes share the pipe: find each, wherever it starts).

@@ -13,6 +13,7 @@
     agreement.py     ranks agreeing on a failure and its message
     background.py    asynchronous saves: capture DeepSpeed's writes, write in a fork
     selection.py     the checkpoint to resume from: the newest every rank finds intact
+    pending.py       the records of a save: pending, committed
     verify_run.py    `gobig verify`: every checkpoint of a run and its state
     elastic.py       resume at another world size or ZeRO stage (universal checkpoints)
     weights.py       weights-only loading for every checkpoint file

@@ -23,7 +23,6 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,9 +45,14 @@ from train.checkpoint.layout import (
     rank_file,
     step_dir,
 )
-from train.checkpoint.selection import newest_intact
+from train.checkpoint.pending import PendingCheckpoint, SavedCheckpoint
+from train.checkpoint.selection import ShareCheck, newest_intact
 from train.checkpoint.storage import RunStorage
-from train.checkpoint.write_errors import describe_write_error, warn_if_low_on_space
+from train.checkpoint.write_errors import (
+    describe_write_error,
+    is_lasting,
+    warn_if_low_on_space,
+)
 from train.checkpoint.writer import (
     BeforeWrite,
     CheckpointWriter,
@@ -62,29 +66,6 @@ from train.progress import Progress
 from train.rng import capture_rng, restore_rng
 
 WRITE_DONE, WRITE_RUNNING, WRITE_FAILED = 0, 1, 2
-
-
-@dataclass
-class SavedCheckpoint:
-    """A committed checkpoint, for the metrics log and the callbacks."""
-
-    path: Path
-    step: int
-    background: bool
-    blocking_s: float  # how long training waited for it
-    write_s: float  # how long its files took to write
-
-
-@dataclass
-class PendingCheckpoint:
-    """A checkpoint whose files are written (or being written) but not yet committed."""
-
-    path: Path
-    meta: dict[str, Any]
-    write: BackgroundWrite | FailedWrite | None  # None: written synchronously
-    blocking_s: float  # time training waited for it so far
-    error: str | None = None  # a synchronous write's failure, one line
-    expected_bytes: int | None = None  # the previous checkpoint's size
 
 
 class Checkpointer:
@@ -103,6 +84,7 @@ class Checkpointer:
         self.dist = dist
         self.unit = unit
         self.resume_from: Path | None = None
+        self._share_check: ShareCheck | None = None  # start-up checksums, hashed meanwhile
         self.meta: dict[str, Any] | None = None
         self.elastic = False
         self.pending: PendingCheckpoint | None = None
@@ -136,15 +118,33 @@ class Checkpointer:
         agree; a checkpoint any rank finds damaged is skipped (with a warning
         naming it and the file) in favour of the previous one (selection.py).
 
+        At start-up (no `before_step`) the checksums of the newest complete
+        checkpoint are hashed in the background while the Trainer builds its
+        engine, and `restore` agrees on them before loading anything: should a
+        rank find a mismatch, `restore` falls back as described, and `meta` then
+        names the checkpoint it loaded (the run's W&B id, all the Trainer takes
+        from this return before restoring, is the same in every checkpoint).
+
         Args:
             before_step: consider only checkpoints of steps before this one (a
-                rollback in a live process: then `restore` loads the one found).
+                rollback in a live process: checked fully before returning; then
+                `restore` loads the one found).
         """
         self.timings = {}
+        self._share_check = None
         if before_step is None:  # at start-up; a rollback keeps the live run's own files
             self.storage.fetch_run_files(self.dist)
+        deferred = before_step is None and self.checksums
         with self._timed("verify"):
-            found = newest_intact(self.storage, self.dist, before_step, self.checksums)
+            found = newest_intact(
+                self.storage, self.dist, before_step, not deferred and self.checksums
+            )
+        if deferred and found is not None:
+            share = (self.dist.rank, self.dist.world_size)
+            self._share_check = ShareCheck(self.storage.staged, found.name, share)
+        return self._use(found)
+
+    def _use(self, found: Path | None) -> dict[str, Any] | None:
         self.resume_from = self.last = found
         self.meta = None
         if self.resume_from is None:
@@ -154,12 +154,28 @@ class Checkpointer:
         self.elastic = needs_elastic_load(self.meta, world, stage)
         return self.meta
 
+    def _confirm_checksums(self) -> None:
+        """Every rank: agree on the background checksum check; fall back if it failed."""
+        check, self._share_check = self._share_check, None
+        if check is None:
+            return
+        with self._timed("verify (waited for)"):
+            reason = agree_on_error(check.result(), self.dist)
+        if reason is None:
+            return
+        with self._timed("verify"):
+            found = newest_intact(
+                self.storage, self.dist, int(self.meta["step"]), skipped=[(check.name, reason)]
+            )
+        self._use(found)
+
     def restore(self, engine: Any, loader: Any) -> Progress | None:
         """Load the located checkpoint into `engine` and `loader`; None if there is none.
 
         An exact resume (same world size and stage) also restores this rank's RNG
         states, so dropout continues as it would have; an elastic one cannot.
         """
+        self._confirm_checksums()
         if self.resume_from is None:
             return None
         ckpt, meta, step = self.resume_from, self.meta, int(self.meta["step"])
@@ -285,6 +301,7 @@ class Checkpointer:
             with self._timed("sums and fsync"):
                 error = writer.finish()
             self.timings["of which finite check"] = writer.finite_s
+            self.timings["of which hashing"] = writer.hash_s
         meta = {
             "step": progress.step,
             self.unit: progress.units,
@@ -371,7 +388,11 @@ class Checkpointer:
         if newest:
             where = self.storage.home_of_name(f"{CHECKPOINTS}/{newest}")
             kept = f"the newest complete checkpoint is {where}"
-        raise CheckpointError(
+        failure = CheckpointError(
             f"checkpoint {self.home_of(pending.path)} (step {pending.meta['step']}) not saved: "
             f"{error or 'a rank failed'}; {kept}"
         )
+        # Every rank raises it at this step; a restart would meet a full disk or a
+        # diverged model again: `final` tells Ray not to retry (cluster/worker.py).
+        failure.final = is_lasting(str(failure))
+        raise failure

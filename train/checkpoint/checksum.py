@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,6 +44,7 @@ class HashingFile:
         self.raw = raw
         self.hasher = new_hasher()
         self.size = 0
+        self.hash_s = 0.0  # time spent hashing (a few hundred writes per file: cheap to time)
         # torch's serializer turns an exception from `write` into its own
         # RuntimeError ("unexpected pos ..."), which hides the errno: keep it.
         self.error: OSError | None = None
@@ -53,7 +55,9 @@ class HashingFile:
         except OSError as exn:
             self.error = exn
             raise
+        t0 = time.perf_counter()
         self.hasher.update(data)
+        self.hash_s += time.perf_counter() - t0
         self.size += memoryview(data).nbytes
         return written
 
@@ -88,10 +92,4 @@ def hash_stream(stream: Any) -> str:
     hasher = new_hasher()
     while chunk := stream.read(CHUNK):
         hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def hash_text(text: str) -> str:
-    hasher = new_hasher()
-    hasher.update(text.encode())
     return hasher.hexdigest()

@@ -23,7 +23,8 @@ def load_rank_state(ckpt: Path, rank: int) -> dict[str, Any]:
     return torch.load(rank_file(ckpt, rank), map_location="cpu", weights_only=True)
 
 
-def _fsync(path: str) -> None:
+def fsync_file(path: str | Path) -> None:
+    """Flush one file (or directory) to stable storage."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -35,8 +36,8 @@ def fsync_tree(root: Path) -> None:
     """Flush every file under `root` (and the directories) to stable storage."""
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
-            _fsync(os.path.join(dirpath, name))
-        _fsync(dirpath)
+            fsync_file(os.path.join(dirpath, name))
+        fsync_file(dirpath)
 
 
 def prefetch(root: Path) -> None:

@@ -93,6 +93,17 @@ def describe_write_error(
     return f"{shown}: no space left on device ({detail})"
 
 
+# Causes a restart would only meet again (until someone frees space, fixes permissions
+# or lowers the learning rate).
+LASTING = ("no space left on device", "non-finite values", "Permission denied",
+           "Read-only file system")  # fmt: skip
+
+
+def is_lasting(message: str) -> bool:
+    """Whether a failed save's message names a cause that retrying would not cure."""
+    return any(cause in message for cause in LASTING)
+
+
 def warn_if_low_on_space(folder: Path, expected_bytes: int | None) -> bool:
     """Before a save: warn (one line on stderr) when the checkpoint disk has less than
     twice the previous checkpoint's size free: the next save still fits, the one
