@@ -42,6 +42,20 @@ def _make_batch(config: ModelConfig, batch_size: int = 2, seq_len: int = 8, seed
     return batch
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run each model test on one intra-op thread.
+
+    These shapes are tiny: a second thread buys nothing, and on a busy 2-core
+    machine torch's spinning worker threads made one 150-step overfit take 77 s
+    instead of 2 s. Nothing here is about threading; the old count comes back after.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def small_config() -> Callable[..., ModelConfig]:
     """Factory: a tiny config of the given family, with field overrides."""
