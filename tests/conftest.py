@@ -48,6 +48,28 @@ def text_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+CIFAR_HEAD_PER_CLASS = 300
+
+
+@pytest.fixture(scope="session")
+def cifar_tar_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 300 images of each class of the CIFAR-10 tar, as a tar of the same
+    layout and archive order (class by class).
+
+    Writers that keep "the first N per class" (N <= 300) choose exactly the images
+    they would from the whole archive, without reading 50,000 members each time.
+    """
+    import tarfile
+
+    path = tmp_path_factory.mktemp("cifar-head") / "cifar10-head.tar"
+    with tarfile.open(_require(CIFAR_TAR), "r|*") as src, tarfile.open(path, "w") as dst:
+        for member in src:
+            stem = member.name.rsplit("/", 1)[-1].split(".", 1)[0]
+            if not member.isfile() or (stem.isdigit() and int(stem) < CIFAR_HEAD_PER_CLASS):
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return path
+
+
 @pytest.fixture(scope="session")
 def image_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared image dataset directory: 12 CIFAR-10 images per class."""

@@ -10,7 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-from dp_helpers import CIFAR_TAR
 
 from data_pipeline import build_loader, load_manifest, write_image_shards, write_text_shards
 from data_pipeline.reader import read_shard
@@ -29,19 +28,19 @@ def _labels(shard_samples):
 
 
 @pytest.fixture(scope="module")
-def cifar_folder(tmp_path_factory):
+def cifar_folder(tmp_path_factory, cifar_tar_head):
     """The first 300 images of each CIFAR-10 class, as an ImageFolder directory (class by
     class, as ImageFolders list)."""
     root = tmp_path_factory.mktemp("cifar-folder")
-    with tarfile.open(CIFAR_TAR) as tf:
+    with tarfile.open(cifar_tar_head) as tf:  # the first 300 per class of the CIFAR tar
         members = [m for m in tf if m.isfile() and int(m.name.rsplit("/", 1)[1][:4]) < 300]
         tf.extractall(root, members=members, filter="data")
     return root / "train"
 
 
 @pytest.mark.parametrize("source", ["tar", "folder"])
-def test_class_ordered_input_is_written_mixed(tmp_path, cifar_folder, source):
-    src = CIFAR_TAR if source == "tar" else cifar_folder
+def test_class_ordered_input_is_written_mixed(tmp_path, cifar_folder, cifar_tar_head, source):
+    src = cifar_tar_head if source == "tar" else cifar_folder
     out = tmp_path / "shards"
     man = write_image_shards(
         src, out, val_fraction=0.1, max_per_class=300, shard_size="1MB", progress=False

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from data_pipeline import write_image_shards
-from tests.conftest import CIFAR_TAR
 from train.config import load_config
 from train.data import build_loaders
 from train.distributed import DistInfo
@@ -15,11 +14,11 @@ from train.distributed import DistInfo
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_evaluation_subset_covers_every_class_and_repeats(tmp_path):
+def test_evaluation_subset_covers_every_class_and_repeats(tmp_path, cifar_tar_head):
     data = tmp_path / "cifar"
     # validation shards in class order, as shards written elsewhere may be: ~20 per shard
     write_image_shards(
-        CIFAR_TAR, data, val_fraction=0.5, max_per_class=60, shard_size="100KB",
+        cifar_tar_head, data, val_fraction=0.5, max_per_class=60, shard_size="100KB",
         shuffle_seed=None, progress=False,
     )  # fmt: skip
     config = load_config(
