@@ -118,12 +118,11 @@ class Checkpointer:
         agree; a checkpoint any rank finds damaged is skipped (with a warning
         naming it and the file) in favour of the previous one (selection.py).
 
-        At start-up (no `before_step`) the checksums of the newest complete
-        checkpoint are hashed in the background while the Trainer builds its
-        engine, and `restore` agrees on them before loading anything: should a
-        rank find a mismatch, `restore` falls back as described, and `meta` then
-        names the checkpoint it loaded (the run's W&B id, all the Trainer takes
-        from this return before restoring, is the same in every checkpoint).
+        At start-up (no `before_step`) the newest complete checkpoint's checksums
+        are hashed in the background while the Trainer builds its engine; `restore`
+        agrees on them before loading and, on a mismatch, falls back as described
+        (`self.meta` is then the one loaded; the W&B id, all the Trainer reads from
+        this return, is the same in every checkpoint of a run).
 
         Args:
             before_step: consider only checkpoints of steps before this one (a
@@ -277,21 +276,27 @@ class Checkpointer:
         expected = self.storage.staged.newest_bytes()
         if self.dist.is_main:
             warn_if_low_on_space(ckpt.parent, expected)
-        self.storage.begin_checkpoint(ckpt.name, self.dist)
-        rank_state = {"data": loader.state_dict(), "rng": capture_rng()}
         writer = CheckpointWriter(
             ckpt, self.dist.rank, self.before_write, expected, self.checksums, self.finite_check
         )
+        try:
+            self.storage.begin_checkpoint(ckpt.name, self.dist)
+        except OSError as exn:  # a read-only disk, a failing store: fails like a write
+            writer.fail(exn, ckpt)
+        rank_state = {"data": loader.state_dict(), "rng": capture_rng()}
         rank_path = str(rank_file(ckpt, self.dist.rank))
         write, error = None, None
         if background:
             with self._timed("capture"), capture_engine_writes(engine, writer) as files:
                 save_engine_state(engine, ckpt, ENGINE_TAG, writer)
             files.append((rank_path, rank_state))
-            if writer.error is None:
-                write = BackgroundWrite(files, ckpt, writer)
-                self.timings["fork"] = write.fork_s
-            else:  # nothing to fork for; every rank hears of it at the next `agree`
+            try:
+                if writer.error is None:
+                    write = BackgroundWrite(files, ckpt, writer)
+                    self.timings["fork"] = write.fork_s
+            except OSError as exn:  # fork() itself failed (no memory for the page tables)
+                writer.fail(exn, ckpt)
+            if writer.error is not None:  # every rank hears of it at the next `agree`
                 write = FailedWrite(writer.error)
         else:
             with self._timed("engine.save_checkpoint"), write_engine_files(engine, writer):
@@ -366,14 +371,15 @@ class Checkpointer:
         except OSError as exn:  # meta.json or COMPLETE on a full disk, a failing store
             where = exn.filename or pending.path / META
             return describe_write_error(exn, where, pending.expected_bytes, 0)
+        except Exception as exn:  # noqa: BLE001  (raised alone, it would hang the others)
+            return f"marking {self.home_of(pending.path)} complete failed: {error_message(exn)}"
         return None
 
     def _prune(self) -> None:
         try:
             self.storage.prune(self.config.checkpoint.keep)
         except OSError as exn:  # the new checkpoint is complete: losing the run is worse
-            print(f"gobig: warning: could not prune old checkpoints: {error_message(exn)}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(f"gobig: warning: could not prune: {error_message(exn)}", file=sys.stderr)
 
     def _fail(self, pending: PendingCheckpoint, error: str | None) -> NoReturn:
         """Every rank, at the same step: stop writing, drop the partial checkpoint

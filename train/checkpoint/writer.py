@@ -77,10 +77,12 @@ class CheckpointWriter:
         self.hash_s = 0.0  # time spent hashing
 
     def rel(self, path: str | Path) -> str:
+        """`path` as messages name it: relative to the checkpoint (named beside it)."""
         try:
-            return Path(path).relative_to(self.root).as_posix()
+            rel = Path(path).relative_to(self.root).as_posix()
         except ValueError:
             return str(path)
+        return rel if rel != "." else "the checkpoint folder"
 
     def fail(self, exn: BaseException, path: str | Path) -> None:
         """Record a failure (the first one wins); every later file is skipped."""
