@@ -68,7 +68,7 @@ def schedule(count: int, steps: int, seed: int) -> list[dict]:
 
 def gobig(args: list[str], log: Path) -> tuple[int, float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "train", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=3600)  # fmt: skip
     seconds = time.perf_counter() - t0
     log.write_text(proc.stdout + proc.stderr)

@@ -421,3 +421,4 @@ class Trainer:
                 }
             )
             self.callbacks.on_checkpoint(self, saved)
+            self.faults.after_checkpoint(saved.path, saved.step)
