@@ -141,6 +141,7 @@ class Trainer:
             config.guards, self.engine, self.guard_record, config.train.precision,
             self.dist.device,
         )  # fmt: skip
+        self.checkpointer.components["anomaly_guard"] = self.anomalies
         self.progress = self._restore()
         self.timeline.mark("checkpoint_load")
         self.log = MetricsLog(self.run_dir, config.train.max_steps, enabled=self.dist.is_main)

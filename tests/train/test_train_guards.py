@@ -112,6 +112,17 @@ def test_a_loss_spike_is_an_anomaly(runs, tmp_path):
     assert "anomaly @ step 5: loss spike" in run.stdout
 
 
+def test_the_spike_window_survives_a_resume(runs, tmp_path):
+    """Three healthy losses before the stop at step 3 are the window that judges a
+    spike at step 5 after the resume (the window is in each rank's checkpoint file)."""
+    extra = ["guards.spike_min_steps=3", "logging.wandb.mode=disabled", "train.max_steps=3"]
+    run_dir = tmp_path / "window"
+    run_train(gpt_args(runs.text, 1, 0, *extra), run_dir).check()
+    spike = _faults(f"{{kind: loss_spike, step: {FAULT_STEP}}}")
+    resumed = run_train([f"train.max_steps={STEPS}", spike], run_dir, resume=True).check()
+    assert [a["step"] for a in resumed.records("anomaly")] == [FAULT_STEP]
+
+
 def test_a_diverging_run_stops_with_one_clear_line(runs, tmp_path):
     """The classic blow-up: a huge lr, no clipping, bf16 under ZeRO-2."""
     extra = ["optim.lr=1e4", "optim.grad_clip=0", "train.precision=bf16", "train.max_steps=60",

@@ -92,6 +92,9 @@ class Checkpointer:
         # Seconds per part of the latest save (start to commit) or restore.
         self.timings: dict[str, float] = {}
         self.run_id = ""  # the W&B run id every checkpoint records (set once it is known)
+        # More state each rank's file carries: name -> an object with state_dict()
+        # and load_state_dict() of plain values (the anomaly guard's loss window).
+        self.components: dict[str, Any] = {}
         # Called with each file's path right before it is written, in the process
         # that writes it (this one, or the background child); what it raises is
         # handled like a disk error. Set by fault injection (train/faults.py).
@@ -195,6 +198,9 @@ class Checkpointer:
         with self._timed("load_rank_state"):
             rank_state = load_rank_state(ckpt, 0 if self.elastic else self.dist.rank)
         loader.load_state_dict(rank_state["data"])
+        for name, state in rank_state.get("components", {}).items():
+            if name in self.components:
+                self.components[name].load_state_dict(state)
         if not self.elastic:
             restore_rng(rank_state["rng"])
         units = meta.get(self.unit, meta.get("tokens", 0))  # older checkpoints say "tokens"
@@ -283,7 +289,11 @@ class Checkpointer:
             self.storage.begin_checkpoint(ckpt.name, self.dist)
         except OSError as exn:  # a read-only disk, a failing store: fails like a write
             writer.fail(exn, ckpt)
-        rank_state = {"data": loader.state_dict(), "rng": capture_rng()}
+        rank_state = {
+            "data": loader.state_dict(),
+            "rng": capture_rng(),
+            "components": {name: c.state_dict() for name, c in self.components.items()},
+        }
         rank_path = str(rank_file(ckpt, self.dist.rank))
         write, error = None, None
         if background:

@@ -4,7 +4,8 @@ One checkpoint, `RUN_DIR/checkpoints/step_00000100/`:
 
     deepspeed/        engine state (model, optimizer, scheduler), one shard per rank under ZeRO
     universal/        (only after an elastic resume) every parameter whole, see elastic.py
-    rank_00000.pt     that rank's data-loader state and RNG states (tensors and plain values)
+    rank_00000.pt     that rank's data-loader state, RNG states and components' state (the
+                      anomaly guard's loss window), as tensors and plain values
     sums_rank_00000.json  that rank's files: size and xxh3_128 checksum of each, taken
                       while writing (checksum.py, writer.py); written after them
     meta.json         step, units seen, world size, ZeRO stage, config, tokenizer hash, W&B id
