@@ -136,7 +136,7 @@ class Trainer:
         self.timeline.mark("data_loaders")
         self.engine = build_engine(config, self.dist)
         self.timeline.mark("model_and_engine")
-        self.guard_record = GuardRecord(self.run_dir, self.dist.is_main)
+        self.guard_record = GuardRecord(self.storage, self.dist.is_main)
         self.anomalies = AnomalyGuard(
             config.guards, self.engine, self.guard_record, config.train.precision,
             self.dist.device,

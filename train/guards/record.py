@@ -25,19 +25,20 @@ GUARDS_FILE = "guards.json"
 
 
 class GuardRecord:
-    """Rank 0 writes it; every rank reads it at start.
+    """Rank 0 writes it; every rank reads it at start, from the run's home (a URI
+    run's ranks on other nodes have no staging copy of it).
 
     Args:
-        run_dir: the run directory (this rank's local copy).
+        storage: the run's RunStorage (train/checkpoint/storage.py).
         is_main: whether this rank writes.
     """
 
-    def __init__(self, run_dir: Path, is_main: bool):
-        self.path = Path(run_dir) / GUARDS_FILE
+    def __init__(self, storage: Any, is_main: bool):
+        self.storage = storage
+        self.path = Path(storage.local) / GUARDS_FILE
         self.is_main = is_main
-        data: dict[str, Any] = {}
-        if self.path.is_file():
-            data = json.loads(self.path.read_text())
+        text = storage.read_text(GUARDS_FILE)
+        data: dict[str, Any] = json.loads(text) if text else {}
         self.anomalies: list[dict[str, Any]] = data.get("anomalies", [])
         self.skipped_updates: list[int] = data.get("skipped_updates", [])
         self.skipped_batches: list[dict[str, Any]] = data.get("skipped_batches", [])
@@ -53,6 +54,8 @@ class GuardRecord:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, self.path)
+        if self.storage.remote is not None:  # small, and every later attempt needs it
+            self.storage.remote.upload(self.path, GUARDS_FILE)
 
     def add_anomaly(self, anomaly: dict[str, Any]) -> None:
         self.anomalies.append(anomaly)
