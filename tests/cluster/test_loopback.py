@@ -118,8 +118,11 @@ def test_embedded_run_listens_on_loopback_only(text_dataset, tmp_path):
 
 
 def test_single_process_run_listens_on_loopback_only(text_dataset, tmp_path):
+    # 40 steps keep the process sampled for a while; a checkpoint in the middle and
+    # one at the end (not every 2 steps, which doubled the run's time).
     cmd = [sys.executable, "-m", "train", "configs/gpt-tiny.yaml",
-           *text_overrides(text_dataset), "train.max_steps=40", f"run.dir={tmp_path}"]  # fmt: skip
+           *text_overrides(text_dataset), "train.max_steps=40", "train.checkpoint_every=20",
+           f"run.dir={tmp_path}"]  # fmt: skip
     code, seen, stderr = _watch(cmd, timeout=180)
     assert code == 0, stderr[-3000:]
     assert seen, "the rendezvous store was never seen listening"
