@@ -83,6 +83,8 @@ def test_rank_stuck_while_alive_is_restarted(gpt_run, text_dataset, tmp_path):
     assert "step 5: rank 0 (host" in output and "for rank 1 (host" in output
     assert "at faults.py" in output  # where the stuck rank was
     run_dir = tmp_path / "stuck"
+    hung_at = (run_dir / "faults" / "fault_000").stat().st_mtime  # written as it hangs
+    assert _resumed_at(run_dir) - hung_at < TARGET_S
     assert train_losses(run_dir) == train_losses(gpt_run)
 
 
