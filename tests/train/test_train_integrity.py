@@ -279,6 +279,8 @@ def test_gobig_verify_names_what_is_wrong_and_what_to_resume_from(runs, tmp_path
         assert f"{step_name(step)}  intact      10 files," in out
     assert out.count("sizes and checksums match") == 2
     assert f"the newest checkpoint, {step_name(STEPS)}, is intact" in out
+    assert cli.main(["verify", f"file://{straight.run_dir}"]) == 0  # a URI, through pyarrow.fs
+    assert capsys.readouterr().out.count("sizes and checksums match") == 2
 
     corrupt = copy_run(straight, tmp_path / "corrupt")
     flip_bytes(step_dir(corrupt, STEPS) / KINDS["optimizer-states"])

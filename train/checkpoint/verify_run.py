@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_pipeline.errors import error_message
 from train.checkpoint.catalog import NOT_MARKED
 from train.checkpoint.layout import CheckpointError
 from train.checkpoint.storage import RunStorage
@@ -36,11 +37,15 @@ def inspect_run(spec: str | Path) -> list[CheckpointState]:
     Args:
         spec: the run directory, a path or a URI.
     """
-    storage = RunStorage(spec)
-    if not storage.is_remote and not Path(spec).is_dir():
-        raise CheckpointError(f"{spec}: no such run directory")
-    names = storage.list_checkpoints()
-    if not names and storage.read_text("config.yaml") is None:
+    try:
+        storage = RunStorage(spec)
+        if not storage.is_remote and not Path(spec).is_dir():
+            raise CheckpointError(f"{spec}: no such run directory")
+        names = storage.list_checkpoints()
+        config = storage.read_text("config.yaml")
+    except (ValueError, OSError) as exn:  # a malformed URI, an unreachable store
+        raise CheckpointError(f"{spec}: {error_message(exn)}") from exn
+    if not names and config is None:
         raise CheckpointError(f"{spec}: not a gobig run directory (no config.yaml, no checkpoints)")
     catalog = storage.checkpoints
     states = []
