@@ -27,28 +27,43 @@ from train.checkpoint import newest_complete
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def two_node_cluster(gpt_run):
-    # gpt_run first: the reference run uses its own embedded Ray, before this one.
+@pytest.fixture(scope="module")
+def ray_head():
+    """One head for the module; each test adds (and loses) its own second node."""
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        connect=True,
-        head_node_args={"num_cpus": 2},
-    )
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    # Ray Train polls drains every 5 s by default; the preemption test's short run
+    # needs it sooner. Set before the head starts: its processes (and the nodes
+    # added later) inherit it.
+    env = pytest.MonkeyPatch()
+    env.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.5")
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 2})
     try:
         yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+        env.undo()
 
 
-def test_workers_span_nodes_and_survive_losing_one(two_node_cluster, gpt_run, text_dataset,
+@pytest.fixture
+def two_node_cluster(ray_head):
+    cluster = ray_head
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        for node in list(cluster.worker_nodes):  # what the test did not remove itself
+            cluster.remove_node(node)
+        cluster.wait_for_nodes()
+
+
+def test_workers_span_nodes_and_survive_losing_one(gpt_run, two_node_cluster, text_dataset,
                                                    tmp_path):  # fmt: skip
+    # gpt_run (session-scoped, so set up before the module's head) uses its own
+    # embedded Ray, before this one.
     cluster = two_node_cluster
     run_dir = tmp_path / "multinode"
     events: dict[str, object] = {}
@@ -76,20 +91,15 @@ def test_workers_span_nodes_and_survive_losing_one(two_node_cluster, gpt_run, te
     assert train_losses(run_dir) == train_losses(gpt_run)
 
 
-def test_preemption_notice_checkpoints_before_the_node_goes(text_dataset, tmp_path, monkeypatch):
+def test_preemption_notice_checkpoints_before_the_node_goes(two_node_cluster, text_dataset,
+                                                            tmp_path):  # fmt: skip
     """Ray's drain with reason PREEMPTION reaches the workers as a preemption
     notice: they write a just-in-time checkpoint (periodic ones are off here),
     and after the node is gone training resumes from it."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    # Ray Train polls drains every 5 s by default; a short run needs it sooner.
-    # The run is long (400 small steps) so that the notice, which takes a few
-    # seconds to send and notice on a loaded machine, arrives well before the end.
-    monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.5")
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    # Ray Train polls drains every 0.5 s here (ray_head). The run is long (400 small
+    # steps) so that the notice, which takes a few seconds to send and notice on a
+    # loaded machine, arrives well before the end.
+    cluster = two_node_cluster
     run_dir = tmp_path / "preempted"
     events: dict[str, object] = {}
 
@@ -109,16 +119,12 @@ def test_preemption_notice_checkpoints_before_the_node_goes(text_dataset, tmp_pa
 
     chaos = threading.Thread(target=preempt_the_second_node, daemon=True)
     chaos.start()
-    try:
-        code = gobig_main([
-            "train", *text_overrides(text_dataset), *two_workers(tmp_path, "preempted"),
-            "train.max_steps=400", "train.checkpoint_every=1000", "optim.decay_steps=400",
-            "cluster.placement_strategy=SPREAD", "cluster.max_failures=3",
-        ])  # fmt: skip
-        chaos.join(timeout=60)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    code = gobig_main([
+        "train", *text_overrides(text_dataset), *two_workers(tmp_path, "preempted"),
+        "train.max_steps=400", "train.checkpoint_every=1000", "optim.decay_steps=400",
+        "cluster.placement_strategy=SPREAD", "cluster.max_failures=3",
+    ])  # fmt: skip
+    chaos.join(timeout=60)
     assert code == 0
     jit_step = int(events["jit"].name.removeprefix("step_"))
     assert 3 <= jit_step < 400, "no checkpoint between the notice and the end"
