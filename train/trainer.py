@@ -37,8 +37,9 @@ from train.engine import build_engine, untracked_grad_norm
 from train.evaluate import evaluate
 from train.families import family_of
 from train.faults import Faults
-from train.guards.anomaly import AnomalyGuard, DivergenceError
+from train.guards.anomaly import AnomalyGuard
 from train.guards.hang import HangWatch, default_hang_timeout, is_timeout
+from train.guards.policy import AnomalyPolicy
 from train.guards.record import GuardRecord
 from train.guards.straggler import StragglerCallback
 from train.metrics_log import MetricsLog
@@ -141,6 +142,7 @@ class Trainer:
             config.guards, self.engine, self.guard_record, config.train.precision,
             self.dist.device,
         )  # fmt: skip
+        self.anomaly_policy = AnomalyPolicy(config.guards, config.train.grad_accum_steps)
         self.checkpointer.components["anomaly_guard"] = self.anomalies
         self.progress = self._restore()
         self.timeline.mark("checkpoint_load")
@@ -279,7 +281,7 @@ class Trainer:
         """Anomaly policy, then log, evaluate and checkpoint as due; returns the agreed
         control request."""
         cfg, step = self.config.train, self.progress.step
-        if self.anomaly is not None and self._handle_anomaly(self.anomaly):
+        if self.anomaly is not None and self.anomaly_policy.handle(self, self.anomaly):
             return CONTINUE  # rolled back: the steps since the checkpoint are replayed
         self.faults.after_step(step)
         is_last = step == cfg.max_steps
@@ -302,56 +304,17 @@ class Trainer:
             self._announce(saved)
         return request
 
-    # -- anomalies ------------------------------------------------------------------
+    def commit_pending(self) -> None:
+        """Commit a checkpoint still being written (every rank)."""
+        if self.checkpointer.pending is not None:
+            self._announce([self.checkpointer.commit()])
 
-    def _handle_anomaly(self, anomaly: dict[str, Any]) -> bool:
-        """Record it and apply the policy; True if the run rolled back."""
-        guards, step = self.config.guards, anomaly["step"]
-        self.guard_record.add_anomaly(anomaly)
-        self.record(dict(anomaly))
-        recent = self.guard_record.recent_anomalies(step, guards.anomaly_window)
-        if guards.anomaly_policy == "stop" or len(recent) >= guards.max_anomalies:
-            raise self._divergence(recent)
-        if guards.anomaly_policy == "rollback" and self._roll_back(step):
-            return True
-        self.guard_record.skip_update(step)  # a replay of this step withholds it too
-        return False
-
-    def _divergence(self, recent: list[dict[str, Any]]) -> DivergenceError:
-        guards, last = self.config.guards, recent[-1]
-        steps = ", ".join(str(a["step"]) for a in recent)
-        healthy = self.checkpointer.last
-        where = self.checkpointer.home_of(healthy) if healthy else "none (no checkpoint yet)"
-        if guards.anomaly_policy == "stop":
-            what = f"{last['reason']} (guards.anomaly_policy=stop)"
-        else:
-            what = (f"{len(recent)} anomalies within {guards.anomaly_window} steps "
-                    f"(steps {steps}; the last: {last['reason']})")  # fmt: skip
-        return DivergenceError(
-            f"step {last['step']}: training diverged: {what}; newest healthy checkpoint: "
-            f"{where}; lower optim.lr, keep optim.grad_clip above 0, or use "
-            "train.precision=fp32, then resume with those overrides"
-        )
-
-    def _roll_back(self, step: int) -> bool:
-        """Back to the newest complete checkpoint before `step`, its batches skipped."""
-        with self.hang_watch.slow_phase("rollback"):
-            if self.checkpointer.pending is not None:
-                self._announce([self.checkpointer.commit()])
-            meta = self.checkpointer.locate(before_step=step)
-            if meta is None:
-                if self.dist.is_main:
-                    print(f"gobig: warning: no checkpoint before step {step} to roll back "
-                          "to; skipping the update instead", flush=True)  # fmt: skip
-                return False
-            accum = self.config.train.grad_accum_steps
-            first = max(int(meta["step"]) + 1, step - self.config.guards.rollback_skip_steps + 1)
-            self.guard_record.skip_batches(first, (step - first + 1) * accum)
-            self.progress = self._restore()
-            self.log.rewind_to(self.progress.step)
-            self.batches = iter(self.train_loader)
-            self._loss_sum, self._loss_steps = 0.0, 0
-        return True
+    def reload(self) -> None:
+        """Continue from the checkpoint the Checkpointer has located (a rollback)."""
+        self.progress = self._restore()
+        self.log.rewind_to(self.progress.step)
+        self.batches = iter(self.train_loader)
+        self._loss_sum, self._loss_steps = 0.0, 0
 
     def close(self) -> FitResult:
         """End the attempt: the result record, the callbacks' close, the final upload."""
