@@ -146,7 +146,7 @@ def test_a_rank_stuck_inside_a_step_ends_the_run_naming_it(runs, tmp_path):
     run = run_train(gpt_args(runs.text, 2, 2, *extra), tmp_path / "hung", nproc=2, timeout=180)
     assert run.returncode != 0
     assert time.monotonic() - started < 150
-    pid = json.loads((run.run_dir / "workers" / "beacon_rank_00001.json").read_text())["pid"]
+    pid = json.loads((run.run_dir / "workers" / "beacons" / "rank_00001.json").read_text())["pid"]
     assert (
         "step 2: rank 0 (host " in run.stderr
         and "gave up waiting after 8 s for rank 1 (host " in run.stderr

@@ -11,7 +11,7 @@ checkpoint saves and loads, and evaluation get `train.slow_phase_timeout_s`):
   that error into `HangError`, one line naming who did not arrive;
 - each rank's watchdog thread writes a beacon (step, time of the last
   progress, heartbeat, phase, host, pid, and where the training thread is)
-  to RUN_DIR/workers/ every few
+  to RUN_DIR/workers/beacons/ every few
   seconds and ends its own process when the rank itself has made no progress
   past the allowance (a rank stuck outside any collective, or alone), after
   printing where its training thread is stuck;
@@ -84,7 +84,8 @@ def is_timeout(exc: BaseException) -> bool:
 
 
 def _beacon_path(run_dir: Path, rank: int) -> Path:
-    return Path(run_dir) / WORKERS_DIR / f"beacon_rank_{rank:05d}.json"
+    # A folder of their own: RUN_DIR/workers/*.json are the ranks' placement records.
+    return Path(run_dir) / WORKERS_DIR / "beacons" / f"rank_{rank:05d}.json"
 
 
 def read_beacons(run_dir: Path, world_size: int) -> dict[int, dict[str, Any]]:
@@ -113,7 +114,7 @@ class HangWatch:
     """One rank's beacon, watchdog and collective timeout.
 
     Args:
-        run_dir: where beacons go (RUN_DIR/workers/).
+        run_dir: the run directory (beacons go to RUN_DIR/workers/beacons/).
         rank: this rank.
         world_size: ranks in the group.
         timeout_s: the allowance between steps once training runs.
