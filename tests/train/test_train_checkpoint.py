@@ -31,7 +31,7 @@ def test_checkpoint_contents_two_ranks_zero2(runs, text_dataset):
     # Every rank's own state, loadable without unpickling anything.
     states = [torch.load(rank_file(ckpt, r), weights_only=True) for r in (0, 1)]
     for state in states:
-        assert set(state) == {"data", "rng"}
+        assert set(state) == {"data", "rng", "components"}  # components: e.g. the anomaly guard
         assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert states[0]["data"] == states[1]["data"]  # a global position, the same everywhere
     assert not torch.equal(states[0]["rng"]["torch"], states[1]["rng"]["torch"])  # per rank
