@@ -15,7 +15,14 @@ import time
 
 import pytest
 
-from tests.train.conftest import STEPS, copy_run, gpt_args, run_train
+from tests.train.conftest import (
+    STEPS,
+    copy_run,
+    gpt_args,
+    run_train,
+    wandb_history_steps,
+    wandb_records,
+)
 from train.checkpoint import newest_complete, step_dir
 from train.guards.record import GUARDS_FILE
 
@@ -70,7 +77,7 @@ def test_rollback_skips_the_batches_and_a_fresh_run_reproduces_it(runs, tmp_path
     skipped; a new run given the same guard record trains the same losses."""
     straight = runs.straight(1, 0)
     extra = [_faults(f"{{kind: nan_loss, step: {FAULT_STEP}}}"), "guards.anomaly_policy=rollback",
-             "logging.wandb.mode=disabled"]  # fmt: skip
+             "logging.wandb.mode=offline"]  # fmt: skip
     run = run_train(gpt_args(runs.text, 1, 0, *extra), tmp_path / "rollback").check()
     assert f"resumed from {step_dir(run.run_dir, 3)} at step 3" in run.stdout
     losses, want = run.losses(), straight.losses()
@@ -82,6 +89,17 @@ def test_rollback_skips_the_batches_and_a_fresh_run_reproduces_it(runs, tmp_path
     assert skipped["step"] == FAULT_STEP and skipped["micro_batches"] == 1
     assert skipped["from"]["cursor"] != skipped["to"]["cursor"]  # the skipped sample range
     assert [a["step"] for a in run.records("anomaly")] == [FAULT_STEP]
+    # W&B: each step sent once, in order, though steps 4-5 were trained twice; the
+    # anomaly is in the run's summary.
+    assert wandb_history_steps(run.run_dir) == list(range(1, STEPS + 1))
+    summary = {
+        item.key: json.loads(item.value_json)
+        for _, rec in wandb_records(run.run_dir)
+        if rec.WhichOneof("record_type") == "summary"
+        for item in rec.summary.update
+    }
+    assert summary["anomalies"] == 1
+    assert summary["last_anomaly"].startswith(f"step {FAULT_STEP}: non-finite loss")
 
     # The same record, no fault: the run that skips those samples from the start.
     fresh_dir = tmp_path / "fresh"
