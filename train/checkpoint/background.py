@@ -39,7 +39,11 @@ from typing import Any
 import torch
 
 from train.checkpoint.layout import CheckpointError
-from train.checkpoint.writer import CheckpointWriter, swap_checkpoint_engine
+from train.checkpoint.writer import (
+    CheckpointWriter,
+    WritingCheckpointEngine,
+    swap_checkpoint_engine,
+)
 
 Files = list[tuple[str, Any]]  # (path, object for torch.save)
 
@@ -69,27 +73,16 @@ def to_host(obj: Any) -> Any:
     return obj
 
 
-class CapturingCheckpointEngine:
-    """Stands in for DeepSpeed's checkpoint engine: `save` records instead of writing,
-    directory creation cannot raise (a failure goes to `writer`), everything else goes
-    to the engine it replaces."""
+class CapturingCheckpointEngine(WritingCheckpointEngine):
+    """Stands in for DeepSpeed's checkpoint engine: `save` records instead of writing;
+    directory creation and everything else as WritingCheckpointEngine does."""
 
     def __init__(self, inner: Any, writer: CheckpointWriter) -> None:
-        self.inner = inner
-        self.writer = writer
+        super().__init__(inner, writer)
         self.captured: Files = []
 
     def save(self, state_dict: Any, path: str) -> None:
         self.captured.append((path, to_host(state_dict)))
-
-    def makedirs(self, path: str, exist_ok: bool = False) -> None:
-        try:
-            os.makedirs(path, exist_ok=exist_ok)
-        except OSError as exn:  # rank 0 creates the folder before a barrier: never raise
-            self.writer.fail(exn, path)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 @contextlib.contextmanager
