@@ -50,8 +50,15 @@ class Run:
     stderr: str
 
     def check(self) -> Run:
-        assert self.returncode == 0, f"exit {self.returncode}\n{self.stderr[-4000:]}"
+        assert self.returncode == 0, f"exit {self.returncode}\n{self.failure()}"
         return self
+
+    def failure(self) -> str:
+        """The first rank's traceback (what failed first) and the tail of stderr: the
+        tail alone is mostly torchrun's report and the other ranks' broken pipes."""
+        lines = self.stderr.splitlines()
+        first = next((i for i, line in enumerate(lines) if "Traceback" in line), len(lines))
+        return "\n".join(lines[first : first + 40]) + "\n...\n" + self.stderr[-2500:]
 
     def records(self, kind: str = "train") -> list[dict]:
         lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()

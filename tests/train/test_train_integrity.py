@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from train.checkpoint.background import BackgroundWrite
 from train.checkpoint.catalog import local_catalog, share_of
 from train.checkpoint.checksum import HASH, hash_local_file
 from train.checkpoint.finite import first_non_finite
-from train.checkpoint.layout import step_name
+from train.checkpoint.layout import rank_file_name, step_name
 from train.checkpoint.selection import newest_intact
 from train.checkpoint.storage import RunStorage
 from train.checkpoint.write_errors import describe_write_error
@@ -119,6 +121,39 @@ def test_markers_without_checksums_are_still_checked_by_size(tmp_path):
     assert verify(ckpt, checksums=True) is None  # nothing to compare against
     (ckpt / "deepspeed" / "m.pt").write_bytes(b"x" * 50)
     assert "truncated" in verify(ckpt, checksums=True)
+
+
+def test_reading_the_catalog_while_another_rank_unmarks_a_checkpoint(tmp_path):
+    # A resumed run rewrites a checkpoint it skipped: one rank removes the old marker
+    # and sums (`begin`) while rank 0 sizes the newest checkpoint. Reads that look
+    # before they read failed here once in CI; a read must take "gone" as an answer.
+    for step in (1, 2):
+        ckpt = step_dir(tmp_path, step)
+        writer = CheckpointWriter(ckpt, rank=0)
+        writer.save({"w": torch.randn(1000)}, rank_file(ckpt, 0))
+        assert writer.finish() is None
+        mark_complete(ckpt, {"step": step}, world_size=1)
+    newest = step_dir(tmp_path, 2)
+    saved = {p.name: p.read_bytes() for p in (newest / MARKER, *newest.glob("sums_*"))}
+    catalog, done = local_catalog(tmp_path), threading.Event()
+
+    def unmark_and_remark() -> None:
+        while not done.is_set():
+            catalog.begin(newest.name)
+            for name, data in saved.items():
+                (newest / name).write_bytes(data)
+
+    other_rank = threading.Thread(target=unmark_and_remark, daemon=True)
+    other_rank.start()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert catalog.newest_bytes() > 0  # step 1 is always there to size
+            assert catalog.newest_complete(warn=False) in (step_name(1), step_name(2))
+            assert rank_file_name(0) in catalog.files.tree(newest.name)
+    finally:
+        done.set()
+        other_rank.join(5)
 
 
 def test_ranks_share_the_files_by_size_and_together_check_them_all():

@@ -128,8 +128,13 @@ class Catalog:
 
     def newest_bytes(self) -> int | None:
         """The size of the newest complete checkpoint by its marker (None if there is none)."""
-        name = self.newest_complete(warn=False)
-        return self.total_bytes(name) if name else None
+        for name in reversed(self.names()):
+            # Sized first, then verified: a marker another rank removes in between
+            # (a rewrite) fails the check and the next older checkpoint is taken.
+            size = self.total_bytes(name)
+            if size is not None and self.verify(name) is None:
+                return size
+        return None
 
     def total_bytes(self, name: str) -> int | None:
         """The size of checkpoint `name` by its marker (None if unmarked or unreadable)."""

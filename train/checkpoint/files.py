@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -68,9 +69,14 @@ class LocalFiles:
     def describe(self, rel: str) -> str:
         return str(self.root / rel)
 
+    # Other ranks remove a rewritten checkpoint's marker and sums while this one
+    # reads the catalog: a file may vanish between a look and a read, so every
+    # read here asks once and takes "gone" for an answer (no exists-then-read).
     def read_text(self, rel: str) -> str | None:
-        path = self.root / rel
-        return path.read_text() if path.is_file() else None
+        try:
+            return (self.root / rel).read_text()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
 
     def write_text(self, rel: str, text: str) -> None:
         path = self.root / rel
@@ -88,16 +94,12 @@ class LocalFiles:
         return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
     def sizes(self, rels: list[str]) -> list[int | None]:
-        paths = [self.root / rel for rel in rels]
-        return [p.stat().st_size if p.is_file() else None for p in paths]
+        return [_file_size(self.root / rel) for rel in rels]
 
     def tree(self, rel: str) -> dict[str, int]:
         folder = self.root / rel
-        return {
-            p.relative_to(folder).as_posix(): p.stat().st_size
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
-        }
+        found = {p.relative_to(folder).as_posix(): _file_size(p) for p in sorted(folder.rglob("*"))}
+        return {name: size for name, size in found.items() if size is not None}
 
     def checksum(self, rel: str) -> str:
         return hash_local_file(self.root / rel)
@@ -117,6 +119,15 @@ class LocalFiles:
         trash.mkdir(exist_ok=True)
         (self.root / rel).rename(trash / f"{Path(rel).name}-{time.time_ns()}")
         threading.Thread(target=_empty, args=(trash,), daemon=True).start()
+
+
+def _file_size(path: Path) -> int | None:
+    """A regular file's size; None for a directory or a file that is not (or no longer) there."""
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _empty(trash: Path) -> None:
