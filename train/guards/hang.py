@@ -205,14 +205,18 @@ class HangWatch:
                     f"{b['phase']}, at {b.get('at', '?')}"
                 )
         waited = f" after {waited_s:.0f} s" if waited_s is not None else ""
-        me = f"rank {self.rank} (host {self.host}, pid {self.pid})"
         if culprits:
             missing = "; ".join(culprits)
-            return f"step {self.step + 1}: {me} gave up waiting{waited} for {missing}"
-        where = _thread_frame(self.train_thread)
+            return f"step {self.step + 1}: {self._me()} gave up waiting{waited} for {missing}"
+        return self._stuck_here(_thread_frame(self.train_thread))
+
+    def _me(self) -> str:
+        return f"rank {self.rank} (host {self.host}, pid {self.pid})"
+
+    def _stuck_here(self, where: str) -> str:
         return (
-            f"step {self.step + 1}: {me} made no progress for "
-            f"{now - self.last_progress:.0f} s in {self.phase}, stuck at {where}"
+            f"step {self.step + 1}: {self._me()} made no progress for "
+            f"{time.time() - self.last_progress:.0f} s in {self.phase}, stuck at {where}"
         )
 
     def error(self) -> HangError:
@@ -251,6 +255,9 @@ class HangWatch:
             self._write_beacon()
             idle = time.time() - self.last_progress
             if idle > self.allowance + 2 * self.beat_s:
-                line = self.diagnose()
+                # Stuck outside a collective, this rank is the culprit whatever its
+                # peers' beacons say (a peer that gave up on it may be mid-exit).
+                where = _thread_frame(self.train_thread)
+                line = self.diagnose() if _in_collective(where) else self._stuck_here(where)
                 print(f"gobig: error: hung: {line}", file=sys.stderr, flush=True)
                 os._exit(EXIT_HUNG)
