@@ -17,7 +17,10 @@ checkpoint saves and loads, and evaluation get `train.slow_phase_timeout_s`):
   printing where its training thread is stuck;
 - a peer whose heartbeat stopped too (a stopped process cannot even run its
   watchdog) is killed when it is on this host, so the group can be torn down
-  and restarted (Ray), or the run exits (torchrun, a plain process).
+  and restarted (Ray), or the run exits (torchrun, a plain process); a rank
+  that has waited past `train.hang_timeout_s` in any phase looks for such a
+  peer (silent past that time) and ends the wait at once, so a process stopped
+  during a checkpoint or an evaluation costs no more than one stopped mid-step.
 
 Beacons are files in the run directory: on a local or shared run directory
 every rank sees every beacon; where a URI run's nodes share no file system a
@@ -136,6 +139,8 @@ class HangWatch:
         self.timeout_s, self.slow_timeout_s = timeout_s, slow_timeout_s
         self.beat_s = beat_s or min(max(timeout_s / 10, 1.0), 5.0)
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.started = time.time()  # beacons older than this are a previous attempt's
+        self.closed = False
         self.step = 0
         self.phase = "start-up"
         self.allowance = slow_timeout_s
@@ -176,7 +181,11 @@ class HangWatch:
             set_collective_timeout(self.allowance)
 
     def close(self) -> None:
+        """This rank is done: its last beacon says so, so that no peer still at work
+        (a last upload, W&B's finish) takes its silence for a stopped process."""
         self._stop.set()
+        self.closed = True
+        self._write_beacon()
 
     # -- diagnosis ----------------------------------------------------------------
 
@@ -196,7 +205,7 @@ class HangWatch:
             who = f"rank {rank} (host {b['host']}, pid {b['pid']})"
             silent = now - b["beat_time"]
             idle = now - b["progress_time"]
-            if silent > stale_beat:
+            if silent > stale_beat and not b.get("closed"):
                 culprits.append(f"{who}: silent for {silent:.0f} s (stopped or frozen)")
                 self._kill_if_local(b)
             elif b["step"] < self.step or not _in_collective(b.get("at", "")):
@@ -226,6 +235,32 @@ class HangWatch:
         )  # fmt: skip
         return HangError(f"{self.diagnose(self.allowance)} ({limit})")
 
+    def silent_peers(self) -> list[dict[str, Any]]:
+        """Peers of this attempt whose heartbeat has been silent past `timeout_s`.
+
+        A heartbeat comes from each rank's watchdog thread whatever its training
+        thread does, so silence that long means a stopped or frozen process, in any
+        phase: a peer stopped during a checkpoint or an evaluation (whose allowance
+        is `slow_timeout_s`, half an hour by default) is found as soon as one that
+        was stopped mid-step.
+        """
+        now = time.time()
+        return [
+            b for rank, b in read_beacons(self.run_dir, self.world_size).items()
+            if rank != self.rank and not b.get("closed")
+            and b["beat_time"] > self.started  # not a beacon left by a previous attempt
+            and now - b["beat_time"] > self.timeout_s
+        ]  # fmt: skip
+
+    def _silent_line(self, peers: list[dict[str, Any]]) -> str:
+        now = time.time()
+        who = "; ".join(
+            f"rank {b['rank']} (host {b['host']}, pid {b['pid']}): silent for "
+            f"{now - b['beat_time']:.0f} s (stopped or frozen)"
+            for b in peers
+        )
+        return f"step {self.step + 1}: {self._me()} in {self.phase} gave up waiting for {who}"
+
     def _kill_if_local(self, beacon: dict[str, Any]) -> None:
         # A stopped process cannot act on anything; on this host it can be ended, so
         # that Ray (or torchrun) can tear the group down and start it again.
@@ -240,10 +275,11 @@ class HangWatch:
         beacon = {
             "rank": self.rank, "host": self.host, "pid": self.pid, "step": self.step,
             "phase": self.phase, "progress_time": self.last_progress, "beat_time": time.time(),
-            "at": _thread_frame(self.train_thread),
+            "at": _thread_frame(self.train_thread), "closed": self.closed,
         }  # fmt: skip
         path = _beacon_path(self.run_dir, self.rank)
-        tmp = path.with_name(f".{path.name}.{self.pid}")
+        # The watchdog and, at close, the training thread write: one temporary each.
+        tmp = path.with_name(f".{path.name}.{self.pid}.{threading.get_ident()}")
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(beacon))
             os.replace(tmp, path)
@@ -259,5 +295,17 @@ class HangWatch:
                 # peers' beacons say (a peer that gave up on it may be mid-exit).
                 where = _thread_frame(self.train_thread)
                 line = self.diagnose() if _in_collective(where) else self._stuck_here(where)
-                print(f"gobig: error: hung: {line}", file=sys.stderr, flush=True)
-                os._exit(EXIT_HUNG)
+                self._end(line)
+            # Waiting longer than a step may take (a slow phase): a peer that stopped
+            # beating is stopped or frozen, and nothing will come of the wait. Peers'
+            # beacons are read only here, not at every beat of a healthy run.
+            elif idle > self.timeout_s and (peers := self.silent_peers()):
+                for beacon in peers:
+                    self._kill_if_local(beacon)
+                self._end(f"{self._silent_line(peers)} (train.hang_timeout_s={self.timeout_s:g})")
+
+    def _end(self, line: str) -> None:
+        # The whole process ends: under Ray that tears the group down for a restart
+        # from the newest complete checkpoint; under torchrun the run exits non-zero.
+        print(f"gobig: error: hung: {line}", file=sys.stderr, flush=True)
+        os._exit(EXIT_HUNG)
