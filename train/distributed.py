@@ -90,6 +90,9 @@ def init_distributed() -> DistInfo:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    from train.extensions import prepare_extensions_dir
+
+    prepare_extensions_dir()  # DeepSpeed may compile an op from here on
     if not dist.is_initialized() and "WORLD_SIZE" not in os.environ:
         listener = loopback_listener()  # a group of one, on loopback
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
