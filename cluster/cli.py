@@ -7,6 +7,7 @@
     gobig jobs   list|status|logs|stop [JOB_ID] --address http://HEAD:8265
     gobig check-resume [CONFIG] [key=value ...] [--steps N] [--kills K]   exact resume, checked
     gobig export RUN_OR_CHECKPOINT --out DIR                 safetensors + config
+    gobig generate RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT  sample text from a GPT
     gobig data   tokenizer|text|images ...                   prepare data
     gobig config [CONFIG] [key=value ...]                    print the resolved config
 
@@ -159,6 +160,12 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     return export_main(ns.args)
 
 
+def _cmd_generate(ns: argparse.Namespace) -> int:
+    from train.generate import main as generate_main
+
+    return generate_main(ns.args)
+
+
 def _cmd_data(ns: argparse.Namespace) -> int:
     from data_pipeline.cli import main as data_main
 
@@ -183,6 +190,10 @@ COMMANDS = {
                      "[--keep DIR] [--address ADDR]"),
     "export": ("write a checkpoint's weights as safetensors", _cmd_export,
                "RUN_OR_CHECKPOINT --out DIR"),
+    "generate": ("sample text from a trained GPT, printed as it is made", _cmd_generate,
+                 "RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT | --prompt-file FILE "
+                 "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] "
+                 "[--num-samples N] [--device DEV]"),
     "data": ("prepare data: tokenizer | text | images", _cmd_data, "tokenizer|text|images ..."),
     "config": ("print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]"),
 }  # fmt: skip

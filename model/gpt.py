@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -109,11 +111,6 @@ class GPT(TokenFlops, nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Extend each prompt by sampling, in eval mode (restored afterwards).
 
-        Without a cache every step recomputes the last max_seq_len tokens. With
-        one, each step feeds only the newest token; when the context would
-        outgrow max_seq_len the cache is rebuilt from the cropped context, so
-        both paths always condition on the same tokens and agree.
-
         Args:
             input_ids: [B, T] prompts of equal length (no padding).
             max_new_tokens: number of tokens to append.
@@ -128,10 +125,42 @@ class GPT(TokenFlops, nn.Module):
             tokens [B, T + max_new_tokens], and with return_logits the float32
             logits [B, max_new_tokens, vocab_size] each token was drawn from.
         """
+        steps = self.stream(
+            input_ids, max_new_tokens, temperature, top_k, top_p, use_cache, generator
+        )
+        drawn = list(steps)
+        tokens = torch.cat([input_ids, *(t.to(input_ids.dtype) for t, _ in drawn)], dim=1)
+        if not return_logits:
+            return tokens
+        if not drawn:
+            shape = (input_ids.shape[0], 0, self.config.vocab_size)
+            return tokens, input_ids.new_zeros(shape, dtype=torch.float32)
+        return tokens, torch.stack([logits for _, logits in drawn], dim=1)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """`generate` one token at a time: yields (next tokens [B, 1], the float32
+        logits [B, vocab_size] they were drawn from), so a caller can show text
+        as it is made and stop early.
+
+        Without a cache every step recomputes the last max_seq_len tokens. With
+        one, each step feeds only the newest token; when the context would
+        outgrow max_seq_len the cache is rebuilt from the cropped context, so
+        both paths always condition on the same tokens and agree.
+        """
         was_training = self.training
         self.eval()
         try:
-            tokens, step_logits = input_ids, []
+            tokens = input_ids
             limit = self.config.max_seq_len
             cache = KVCache(self.config.n_layer) if use_cache else None
             for _ in range(max_new_tokens):
@@ -142,17 +171,11 @@ class GPT(TokenFlops, nn.Module):
                         cache = KVCache(self.config.n_layer)
                     logits = self(tokens[:, -limit:], kv_cache=cache)
                 next_logits = logits[:, -1, :].float()
-                step_logits.append(next_logits)
                 next_token = sample_next_token(next_logits, temperature, top_k, top_p, generator)
                 tokens = torch.cat((tokens, next_token.to(tokens.dtype)), dim=1)
+                yield next_token, next_logits
         finally:
             self.train(was_training)
-        if return_logits:
-            if not step_logits:
-                shape = (input_ids.shape[0], 0, self.config.vocab_size)
-                return tokens, input_ids.new_zeros(shape, dtype=torch.float32)
-            return tokens, torch.stack(step_logits, dim=1)
-        return tokens
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Unique parameters; non_embedding leaves out the position table.

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from train.families import family_of
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
 
 
 class ExportError(GobigError, ValueError):
@@ -58,18 +60,11 @@ def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
     return ckpt
 
 
-def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
-    """Write `model.safetensors` and `config.json` for a checkpoint into `out_dir`.
+def consolidated_model(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of checkpoint `ckpt` with its fp32 weights, and the checkpoint's meta.
 
-    Args:
-        run_or_checkpoint: a run directory (its newest complete checkpoint is
-            used) or one checkpoint directory.
-        out_dir: created if needed; the two files in it are replaced.
-
-    Returns:
-        The checkpoint directory that was exported.
+    Works for a checkpoint of any world size and ZeRO stage; no DeepSpeed engine.
     """
-    ckpt = resolve_checkpoint(run_or_checkpoint)
     meta = ckpt_io.read_meta(ckpt)
     try:
         model_config = ModelConfig(**meta["config"]["model"])
@@ -87,6 +82,24 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
     except (KeyError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise ExportError(f"{ckpt}: weights do not fit its model config ({first_line})") from None
+    return model, meta
+
+
+def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
+    """Write `model.safetensors` and `config.json` for a checkpoint into `out_dir`,
+    and the run's tokenizer beside them when it can be found (run_tokenizer).
+
+    Args:
+        run_or_checkpoint: a run directory (its newest complete checkpoint is
+            used) or one checkpoint directory.
+        out_dir: created if needed; the files in it are replaced.
+
+    Returns:
+        The checkpoint directory that was exported.
+    """
+    ckpt = resolve_checkpoint(run_or_checkpoint)
+    model, meta = consolidated_model(ckpt)
+    model_config = model.config
 
     from safetensors.torch import save_model
 
@@ -101,7 +114,36 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
     # save_model stores a tied weight (GPT's LM head, BERT's decoder) once.
     save_model(model, str(out_dir / WEIGHTS_FILE), metadata=info)
     (out_dir / CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=1) + "\n")
+    try:
+        tokenizer = run_tokenizer(meta)
+    except ExportError as exc:  # the weights are still worth having
+        print(f"gobig: warning: export without a tokenizer: {exc}", file=sys.stderr)
+        tokenizer = None
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, out_dir / TOKENIZER_FILE)
     return ckpt
+
+
+def run_tokenizer(meta: dict[str, Any]) -> Path | None:
+    """The tokenizer a checkpoint was trained with: the configured `data.tokenizer`
+    or the dataset's own, if it is still where the run found it and its hash is the
+    one the checkpoint recorded. None for a run without a tokenizer (images)."""
+    want = meta.get("tokenizer_hash")
+    if not want:
+        return None
+    data = meta.get("config", {}).get("data", {})
+    from data_pipeline import resolve_source
+    from data_pipeline.errors import DataError
+    from data_pipeline.tokenizer import file_hash
+
+    candidates = [data.get("tokenizer")]
+    with contextlib.suppress(DataError, OSError, ValueError):
+        candidates.append(resolve_source(data.get("source", ""), "train").tokenizer_path)
+    for path in filter(None, candidates):
+        if Path(path).is_file() and file_hash(path) == want:
+            return Path(path)
+    where = data.get("tokenizer") or data.get("source")
+    raise ExportError(f"the run's tokenizer (hash {want}) is no longer at {where}")
 
 
 def load_exported(export_dir: Path) -> nn.Module:

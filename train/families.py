@@ -25,6 +25,7 @@ class Family:
     unit = "tokens"  # what throughput, MFU and the run's counter count
     rate_key = "tokens_per_s"
     task = "causal-lm"  # recorded with an export
+    generates_text = True  # `gobig generate` can sample from it
 
     def count_units(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["input_ids"].numel())
@@ -59,6 +60,7 @@ class BertFamily(Family):
 
     name = "bert"
     task = "masked-lm"
+    generates_text = False
 
     def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
         if config.model.pair_head == "nsp":
@@ -91,6 +93,7 @@ class VitFamily(Family):
     unit = "images"
     rate_key = "samples_per_s"
     task = "image-classification"
+    generates_text = False
 
     def count_units(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["images"].shape[0])
