@@ -1,6 +1,6 @@
 """Where metrics go: one compact console line and metrics.jsonl.
 
-Record kinds: "train" and "eval" (W&B gets these too, through its callback),
+Record kinds: "train", "eval" and "samples" (W&B gets these too, through its callback),
 "startup" (per-attempt start-up timings), "checkpoint" (how long each save
 took and how long training waited for it) and "anomaly" (an update the
 anomaly guard withheld, and why; these stay when a resume or a rollback
@@ -107,5 +107,8 @@ class MetricsLog:
             print(format_checkpoint_line(record), flush=True)
         elif record["kind"] == "anomaly":
             print(format_anomaly_line(record), flush=True)
+        elif record["kind"] == "samples":
+            for sample in record["samples"]:
+                print(f"sample @ step {record['step']}: {sample['text']!r}", flush=True)
         else:
             print(format_startup_line(record), flush=True)

@@ -73,6 +73,9 @@ class WandbCallback(Callback):
         if kind == "anomaly":
             self._anomaly(record)
             return
+        if kind == "samples":
+            self._samples(record)
+            return
         # Checkpoint records are written at a later step than their own and startup
         # records are per attempt: W&B's history is steps and evaluations.
         if kind not in self.sent or record["step"] <= self.sent[kind]:
@@ -84,6 +87,16 @@ class WandbCallback(Callback):
             if k not in ("kind", "step") and isinstance(v, int | float)
         }
         self.run.log(payload, step=record["step"])
+
+    def _samples(self, record: dict[str, Any]) -> None:
+        # Logged at the evaluation's step, once (a replayed step is not sent again).
+        if record["step"] <= self.sent["eval"]:
+            return
+        import wandb
+
+        rows = [[record["step"], s["prompt"], s["text"]] for s in record["samples"]]
+        table = wandb.Table(columns=["step", "prompt", "text"], data=rows)
+        self.run.log({"samples": table}, step=record["step"])
 
     def _anomaly(self, record: dict[str, Any]) -> None:
         # Not a history row (a rollback would log a step out of order): the

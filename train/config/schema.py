@@ -157,6 +157,12 @@ class ProfileConfig(Section):
 class LoggingConfig(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["The", "First"],
+        description="at each evaluation a model that generates text continues these "
+        "prompts (metrics.jsonl and a W&B table)",
+    )
+    sample_tokens: int = Field(32, ge=0, description="tokens per evaluation sample; 0: off")
 
 
 class GuardsConfig(Section):
