@@ -8,6 +8,7 @@
     gobig check-resume [CONFIG] [key=value ...] [--steps N] [--kills K]   exact resume, checked
     gobig export RUN_OR_CHECKPOINT --out DIR                 safetensors + config
     gobig generate RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT  sample text from a GPT
+    gobig eval RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE     metrics over a whole dataset
     gobig data   tokenizer|text|images ...                   prepare data
     gobig config [CONFIG] [key=value ...]                    print the resolved config
 
@@ -166,6 +167,12 @@ def _cmd_generate(ns: argparse.Namespace) -> int:
     return generate_main(ns.args)
 
 
+def _cmd_eval(ns: argparse.Namespace) -> int:
+    from train.eval_command import main as eval_main
+
+    return eval_main(ns.args)
+
+
 def _cmd_data(ns: argparse.Namespace) -> int:
     from data_pipeline.cli import main as data_main
 
@@ -194,6 +201,9 @@ COMMANDS = {
                  "RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT | --prompt-file FILE "
                  "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] "
                  "[--num-samples N] [--device DEV]"),
+    "eval": ("a trained model's metrics over a whole dataset split", _cmd_eval,
+             "RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE [--split val|train] [--batch-size N] "
+             "[--max-batches N] [--json FILE] [--device DEV]"),
     "data": ("prepare data: tokenizer | text | images", _cmd_data, "tokenizer|text|images ..."),
     "config": ("print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]"),
 }  # fmt: skip
