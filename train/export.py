@@ -3,7 +3,8 @@
     gobig export RUN_OR_CHECKPOINT --out DIR
 
 writes DIR/model.safetensors (consolidated fp32 weights, named as `model/`
-names them) and DIR/config.json (the ModelConfig), loadable with
+names them), DIR/config.json (the ModelConfig) and, for a text model whose
+tokenizer is still where the run found it, DIR/tokenizer.model; loadable with
 `load_exported(DIR)` or by hand with `model.build_model` and safetensors, with
 no DeepSpeed. A run directory exports its newest complete checkpoint.
 
