@@ -53,17 +53,18 @@ def test_generate_prints_what_the_model_samples(runs, tmp_path):
     assert proc.stdout == first + "\n"
 
 
-def test_a_zero2_checkpoint_of_two_ranks_and_its_export_generate_alike(runs, tmp_path):
-    run = runs.straight(2, 2)
+def test_a_zero3_checkpoint_of_two_ranks_and_its_export_generate_alike(runs, tmp_path):
+    run = runs.straight(2, 3)
     ckpt = step_dir(run.run_dir, 3)
     out = tmp_path / "export"
     export_checkpoint(ckpt, out)
     assert (out / TOKENIZER_FILE).is_file()  # the export carries the run's tokenizer
-    texts = [
-        sample_text(load_trained(path, CPU), PROMPT, 16, seed=1, out=io.StringIO())
-        for path in (ckpt, out)
-    ]
-    assert texts[0] == texts[1]
+    for options in (dict(temperature=0), dict(temperature=1.0, top_k=20)):  # greedy, seeded
+        texts = [
+            sample_text(load_trained(path, CPU), PROMPT, 16, seed=1, out=io.StringIO(), **options)
+            for path in (ckpt, out)
+        ]
+        assert texts[0] == texts[1]
 
 
 def test_a_model_that_cannot_generate_is_one_line(runs, tmp_path, capsys):

@@ -11,9 +11,8 @@ PROMPTS = ["The", "First"]  # the defaults
 
 
 def test_samples_at_each_evaluation_under_zero3_leave_the_losses_alone(runs, tmp_path):
-    quiet = "logging.wandb.mode=disabled"
-    sampled = run_train(gpt_args(runs.text, 2, 3, quiet), tmp_path / "sampled", nproc=2).check()
-    plain = run_train(gpt_args(runs.text, 2, 3, quiet, "logging.sample_tokens=0"),
+    sampled = runs.straight(2, 3)  # samples are on by default
+    plain = run_train(gpt_args(runs.text, 2, 3, "logging.sample_tokens=0"),
                       tmp_path / "plain", nproc=2).check()  # fmt: skip
     assert sampled.losses() == plain.losses()  # own generator, eval mode: nothing drawn
     records = sampled.records("samples")
