@@ -53,6 +53,8 @@ class ModelConfig:
         num_classes: ViT classification classes.
         pooling: ViT pooling: cls token or mean of patch tokens.
         activation_checkpointing: recompute block activations in backward.
+        init_from: weights a new run starts from (a run, a checkpoint or an
+            export); the training side loads them, the model itself ignores it.
     """
 
     # Pydantic reads this when the experiment schema validates the section:
@@ -81,6 +83,7 @@ class ModelConfig:
     num_classes: int = 10
     pooling: Pooling = "cls"
     activation_checkpointing: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()

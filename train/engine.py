@@ -20,17 +20,29 @@ from train.rng import seed_all
 from train.task import TrainingModule
 
 
-def build_engine(config: ExperimentConfig, dist: DistInfo) -> Any:
+def build_engine(config: ExperimentConfig, dist: DistInfo, init_from: str | None = None) -> Any:
     """A DeepSpeed engine around a freshly initialised model of `config`.
 
     Every rank seeds the same way first, so initial weights are identical
     everywhere. The engine loads checkpoints weights-only; `engine.module.model`
     is the gobig model.
+
+    Args:
+        config: the experiment.
+        dist: this rank.
+        init_from: weights to start from (`model.init_from` of a run that is not
+            resuming; train/init_weights.py).
     """
     import deepspeed
 
     seed_all(config.train.seed)
     module = TrainingModule(build_model(config.model))
+    if init_from:
+        from train.init_weights import load_initial_weights
+
+        report = load_initial_weights(module.model, init_from)
+        if dist.is_main:
+            print(report.line(), flush=True)
     optimizer = build_optimizer(module, config)
     scheduler = WarmupDecaySchedule(optimizer, config.optim, config.train.max_steps)
     engine, _, _, _ = deepspeed.initialize(

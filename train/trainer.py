@@ -136,7 +136,9 @@ class Trainer:
         # seconds, before the engine is built.
         self.train_loader, self.val_loader = build_loaders(config, self.dist)
         self.timeline.mark("data_loaders")
-        self.engine = build_engine(config, self.dist)
+        # A run that restores a checkpoint of its own never reads model.init_from.
+        init_from = None if meta is not None else config.model.init_from
+        self.engine = build_engine(config, self.dist, init_from)
         self.timeline.mark("model_and_engine")
         self.guard_record = GuardRecord(self.storage, self.dist.is_main)
         self.anomalies = AnomalyGuard(
