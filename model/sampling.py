@@ -54,6 +54,8 @@ def sample_next_token(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     logits = logits.float()
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the model's logits are not finite (inf or NaN in its weights)")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)

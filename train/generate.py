@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
     except GobigError as exc:  # GenerateError, ExportError, CheckpointError, DataError
         return report_error("gobig", exc)
+    except ValueError as exc:  # non-finite logits (model.sampling)
+        return report_error("gobig", GenerateError(f"{ns.path}: {exc}"))
     return 0
 
 

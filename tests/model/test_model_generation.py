@@ -127,3 +127,10 @@ def test_generate_restores_training_mode(small_config):
         model.generate(prompt, 6, temperature=0), model.generate(prompt, 6, temperature=0)
     )
     assert model.training
+
+
+def test_non_finite_logits_are_refused_not_sampled():
+    logits = torch.tensor([[0.0, float("nan"), 1.0]])
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match="not finite"):
+            sample_next_token(logits, temperature=temperature)

@@ -40,7 +40,10 @@ class SamplesCallback(Callback):
         samples = []
         for i, prompt in enumerate(self.prompts):
             seed = self.seed * 1000 + record["step"] + i
-            text = sample_text(trained, prompt, self.max_new_tokens, seed=seed,
-                               out=io.StringIO(), temperature=TEMPERATURE)  # fmt: skip
+            try:
+                text = sample_text(trained, prompt, self.max_new_tokens, seed=seed,
+                                   out=io.StringIO(), temperature=TEMPERATURE)  # fmt: skip
+            except ValueError as exc:  # a diverged model: the anomaly guard's business
+                text = f"(no sample: {exc})"
             samples.append({"prompt": prompt, "text": text})
         trainer.record({"kind": "samples", "step": record["step"], "samples": samples})
