@@ -60,18 +60,28 @@ class MaskedLMHead(nn.Module):
 
 
 class Pooler(nn.Module):
-    """tanh(dense(hidden at the first, [CLS], position)).
+    """tanh(dense(h)), h the hidden state at the first ([CLS]) position
+    (pooling=cls, as the original BERT) or the mean over the real tokens
+    (pooling=mean; padding, per the attention mask, is left out).
 
     Args:
-        config: model shape.
+        config: model shape and pooling.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.mean = config.pooling == "mean"
         self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if not self.mean:
+            summary = hidden[:, 0]
+        elif attention_mask is None:
+            summary = hidden.mean(dim=1)
+        else:
+            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            summary = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return torch.tanh(self.dense(summary))
 
 
 class BERT(TokenFlops, nn.Module):
@@ -153,8 +163,8 @@ class BERT(TokenFlops, nn.Module):
         token_type_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
     ) -> Tensor:
-        """Pooled [CLS] representation [B, d_model]; arguments as in `encode`."""
-        return self._pool(self.encode(input_ids, token_type_ids, attention_mask))
+        """Pooled representation [B, d_model] (model.pooling); arguments as in `encode`."""
+        return self._pool(self.encode(input_ids, token_type_ids, attention_mask), attention_mask)
 
     def pair_logits(
         self,
@@ -178,10 +188,10 @@ class BERT(TokenFlops, nn.Module):
             raise ValueError("classify needs model.num_labels > 0")
         return self.classifier(self.pooled_output(input_ids, token_type_ids, attention_mask))
 
-    def _pool(self, hidden: Tensor) -> Tensor:
+    def _pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
         if self.pooler is None:
             raise ValueError("no pooler: set model.pair_head or model.num_labels")
-        return self.pooler(hidden)
+        return self.pooler(hidden, attention_mask)
 
     def compute_loss(self, batch: dict[str, Tensor], accuracy: bool = True) -> ModelOutput:
         """Sum of the losses whose targets the batch carries (encoding runs once).
@@ -219,7 +229,8 @@ class BERT(TokenFlops, nn.Module):
         ):
             if key not in batch or head is None:
                 continue
-            pooled = self._pool(hidden) if pooled is None else pooled
+            if pooled is None:
+                pooled = self._pool(hidden, batch.get("attention_mask"))
             head_logits = head(pooled)
             loss, count, correct = cross_entropy_with_stats(head_logits, batch[key], accuracy)
             losses.append(loss)

@@ -51,7 +51,8 @@ class ModelConfig:
         patch_size: ViT patch height and width; must divide image_size.
         in_channels: ViT image channels.
         num_classes: ViT classification classes.
-        pooling: ViT pooling: cls token or mean of patch tokens.
+        pooling: what a classifier reads: the cls token, or the mean of the
+            tokens (ViT: the patch tokens; BERT: the unpadded tokens).
         activation_checkpointing: recompute block activations in backward.
         init_from: weights a new run starts from (a run, a checkpoint or an
             export); the training side loads them, the model itself ignores it.
