@@ -61,7 +61,7 @@ def analytic_param_count(config: ModelConfig, non_embedding: bool = False) -> in
     ln = d + d * b
     attention = (d * 3 * d + 3 * d * b) + (d * d + d * b)
     mlp = (d * hidden + hidden * b) + (hidden * d + d * b)
-    stack = config.n_layer * (2 * ln + attention + mlp) + ln
+    stack = config.n_layer * (2 * ln + attention + mlp) + (ln if config.norm == "pre" else 0)
 
     seq_len = config.image_seq_len if config.family == "vit" else config.max_seq_len
     lookup = seq_len * d if config.position == "learned" else 0

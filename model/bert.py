@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from model.accounting import TokenFlops, count_params
 from model.attention import build_attention_context
-from model.blocks import TransformerStack, layer_norm
+from model.blocks import TransformerStack, activation, layer_norm
 from model.config import ModelConfig
 from model.init import init_transformer_weights
 from model.losses import cross_entropy_with_stats
@@ -49,7 +49,7 @@ class MaskedLMHead(nn.Module):
     def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding) -> None:
         super().__init__()
         self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
-        self.act = nn.GELU()
+        self.act = activation(config)
         self.ln = layer_norm(config)
         # The decoder has its own output bias (when config.bias) but no own weight.
         self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=config.bias)
@@ -90,7 +90,8 @@ class BERT(TokenFlops, nn.Module):
     Heads: the MLM head always; a pooler when config.pair_head != "none" or
     config.num_labels > 0; a 2-way pair head (NSP or SOP, same shape) on the
     pooled [CLS]; a dropout + linear sequence classifier when num_labels > 0.
-    Blocks are pre-LN, so the encoder ends with a final LayerNorm.
+    Blocks are pre-LN by default (the encoder then ends with a final
+    LayerNorm); model.norm=post gives the original BERT's post-LN blocks.
 
     Args:
         config: model shape; family should be "bert".

@@ -1,4 +1,4 @@
-"""Pre-LayerNorm transformer blocks and the stack that runs them."""
+"""Transformer blocks (pre- or post-LayerNorm) and the stack that runs them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def layer_norm(config: ModelConfig) -> nn.LayerNorm:
     return nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
 
 
+def activation(config: ModelConfig) -> nn.GELU:
+    """The GELU config.activation names: exact (erf) or its tanh approximation."""
+    return nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
+
+
 class MLP(nn.Module):
     """Linear d -> mlp_ratio * d, GELU, Linear back to d.
 
@@ -27,7 +32,7 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.mlp_ratio * config.d_model
         self.fc = nn.Linear(config.d_model, hidden, bias=config.bias)
-        self.act = nn.GELU()
+        self.act = activation(config)
         self.proj = ResidualProjection(hidden, config.d_model, bias=config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -35,7 +40,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + drop(attn(LN(x))), then x + drop(mlp(LN(x))).
+    """Pre-LN: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))).
+    Post-LN (config.norm=post): LN(x + drop(attn(x))), then LN(x + drop(mlp(x))).
 
     Args:
         config: model shape.
@@ -49,14 +55,19 @@ class Block(nn.Module):
         self.ln_2 = layer_norm(config)
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.post_norm = config.norm == "post"
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        if self.post_norm:
+            x = self.ln_1(x + self.dropout(self.attn(x, ctx)))
+            return self.ln_2(x + self.dropout(self.mlp(x)))
         x = x + self.dropout(self.attn(self.ln_1(x), ctx))
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
 
 class TransformerStack(nn.Module):
-    """n_layer blocks followed by the final LayerNorm that pre-LN needs.
+    """n_layer blocks, then the final LayerNorm that pre-LN needs (post-LN
+    blocks end normalised already, so there it is left out).
 
     Args:
         config: model shape; activation_checkpointing recomputes each block's
@@ -66,7 +77,7 @@ class TransformerStack(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = layer_norm(config)
+        self.ln_f = layer_norm(config) if config.norm == "pre" else nn.Identity()
         self.activation_checkpointing = config.activation_checkpointing
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:

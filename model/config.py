@@ -15,12 +15,16 @@ Family = Literal["gpt", "bert", "vit"]
 Position = Literal["learned", "sinusoidal", "rotary", "alibi", "none"]
 PairHead = Literal["none", "nsp", "sop"]
 Pooling = Literal["cls", "mean"]
+Norm = Literal["pre", "post"]
+Activation = Literal["gelu", "gelu_tanh"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "family": get_args(Family),
     "position": get_args(Position),
     "pair_head": get_args(PairHead),
     "pooling": get_args(Pooling),
+    "norm": get_args(Norm),
+    "activation": get_args(Activation),
 }
 
 
@@ -41,6 +45,12 @@ class ModelConfig:
         dropout: dropout probability on embeddings, attention and MLP outputs.
         bias: whether linear layers and LayerNorms carry biases.
         mlp_ratio: hidden width of the MLP as a multiple of d_model.
+        norm: where each block's LayerNorms sit: pre (before attention and
+            MLP, with a final LayerNorm after the last block; GPT-2, ViT) or
+            post (after each residual add, no final LayerNorm; the original
+            BERT, which a Hugging Face BERT export needs).
+        activation: the MLP's GELU: gelu (exact, erf) or gelu_tanh (the tanh
+            approximation GPT-2 was trained with).
         layer_norm_eps: LayerNorm epsilon.
         init_std: standard deviation of the GPT-2 style normal initialisation.
         type_vocab_size: BERT segment (token type) vocabulary.
@@ -73,6 +83,8 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     mlp_ratio: int = 4
+    norm: Norm = "pre"
+    activation: Activation = "gelu"
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
     type_vocab_size: int = 2

@@ -15,6 +15,7 @@ VARIANTS = [
     {"position": "alibi"},
     {"position": "none"},
     {"mlp_ratio": 2},
+    {"norm": "post"},
 ]
 FAMILY_VARIANTS = {
     "bert": [{"pair_head": "nsp"}, {"pair_head": "sop", "bias": False}, {"num_labels": 3}],
