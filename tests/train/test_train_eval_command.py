@@ -1,5 +1,6 @@
 """`gobig eval`: the family's metrics over every sample of a split, for a run, its
-export, or a model of another family, checked against a plain recomputation."""
+export, or a model of another family, checked against a plain recomputation; and
+`--as-logged`, which reproduces the evaluations a 2-rank run logged."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 
 from data_pipeline import build_loader
 from model import ModelConfig, build_model
-from tests.train.conftest import ROOT, base_env
+from tests.train.conftest import HALF, ROOT, STEPS, base_env
+from train.checkpoint import read_meta, step_dir
 from train.eval_command import evaluate_dataset, main
 from train.export import CONFIG_FILE, WEIGHTS_FILE, export_checkpoint, load_exported
 
@@ -77,3 +79,26 @@ def test_bad_data_is_one_line(runs, tmp_path, capsys):
     assert main([str(run_dir), "--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("gobig: error: ") and "missing" in err[-1]
+
+
+def test_as_logged_reproduces_the_evaluations_of_a_two_rank_run(runs, tmp_path, capsys):
+    run = runs.straight(2, 2)  # evaluations and checkpoints at steps HALF and STEPS
+    logged = {r["step"]: r for r in run.records("eval")}
+    assert sorted(logged) == [HALF, STEPS]
+    ckpt = step_dir(run.run_dir, HALF)
+    assert read_meta(ckpt)["world_size"] == 2
+    for path, step in ((ckpt, HALF), (run.run_dir, STEPS)):  # a run: its newest checkpoint
+        out = tmp_path / f"as-logged-{step}.json"
+        assert main([str(path), "--as-logged", "--json", str(out), "--device", "cpu"]) == 0
+        result = json.loads(out.read_text())
+        assert (result["step"], result["ranks"], result["batches"]) == (step, 2, 2 * 2)
+        assert result["data"] == str(runs.text)
+        for name in ("loss", "perplexity"):
+            assert math.isclose(result[name], logged[step][f"val_{name}"], rel_tol=1e-5), name
+        assert capsys.readouterr().out.startswith(f"loss {result['loss']:.4f} | perplexity ")
+
+    # The whole split is another figure; a run's own settings are not to be overridden.
+    whole = evaluate_dataset(ckpt, str(runs.text))["loss"]
+    assert not math.isclose(whole, logged[HALF]["val_loss"], rel_tol=1e-5)
+    assert main([str(ckpt), "--as-logged", "--batch-size", "2"]) == 2
+    assert "--as-logged takes the run's own settings: drop --batch-size" in capsys.readouterr().err

@@ -1,18 +1,24 @@
 """`model.init_from`: a new run starts from another run's weights, under ZeRO-3 with
-2 ranks; tensors are matched by name and shape; a resumed run never needs the source."""
+2 ranks; tensors are matched by name and shape; a resumed run never needs the source;
+a ViT fine-tunes onto another number of classes with a fresh head."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
+import tarfile
 
 import pytest
 import torch
 
+from data_pipeline import write_image_shards
 from model import build_model
 from tests.train.conftest import gpt_args, run_train
+from train.checkpoint import read_meta
 from train.export import ExportError, consolidated_model, resolve_checkpoint
 from train.init_weights import load_initial_weights
+from train.rng import seed_all
 
 
 def _weights(run_dir) -> dict[str, torch.Tensor]:
@@ -59,3 +65,64 @@ def test_a_source_that_does_not_fit_is_one_line(runs, tmp_path):
         load_initial_weights(model, tmp_path / "missing")
     with pytest.raises(ExportError, match="holds a gpt model, this run trains a vit model"):
         load_initial_weights(model, runs.straight(1, 0).run_dir)
+
+
+VIT = [
+    "model.name=vit-tiny", "model.n_layer=2", "model.n_head=2", "model.d_model=64",
+    "model.image_size=32", "model.patch_size=8", "model.dropout=0.0",
+    "train.micro_batch_size=4", "train.max_steps=2", "train.log_every=1", "train.eval_every=2",
+    "train.eval_batches=2", "train.checkpoint_every=2", "optim.warmup_steps=1",
+    "logging.wandb.mode=disabled", "cluster.num_workers=1", "zero.stage=2",
+]  # fmt: skip
+
+
+def _image_shards(cifar_tar, out, classes: int):
+    """Shards of the first `classes` CIFAR-10 classes (by name), 12 images each."""
+    tar = out.with_suffix(".tar")
+    with tarfile.open(cifar_tar) as src, tarfile.open(tar, "w") as dst:
+        members = [m for m in src.getmembers() if m.isfile()]
+        keep = sorted({m.name.split("/")[-2] for m in members})[:classes]
+        for m in members:
+            if m.name.split("/")[-2] in keep:
+                dst.addfile(m, src.extractfile(m))
+    write_image_shards(tar, out, val_fraction=0.25, max_per_class=12, shard_size="32KB",
+                       progress=False)  # fmt: skip
+    return out
+
+
+def test_vit_fine_tunes_onto_another_number_of_classes(cifar_tar_head, tmp_path):
+    ten, three = (_image_shards(cifar_tar_head, tmp_path / f"cifar{n}", n) for n in (10, 3))
+    source = run_train([*VIT, "model.num_classes=10", f"data.source={ten}", "optim.lr=2e-3"],
+                       tmp_path / "source").check()  # fmt: skip
+    # A vanishing lr: after the steps the weights are still the ones the run started from.
+    tuned = run_train(
+        [*VIT, "model.num_classes=3", f"data.source={three}", f"model.init_from={source.run_dir}",
+         "optim.lr=1e-30", "optim.min_lr=0"], tmp_path / "tuned",
+    ).check()  # fmt: skip
+    src_model, _ = consolidated_model(resolve_checkpoint(source.run_dir))
+    got_model, _ = consolidated_model(ckpt := resolve_checkpoint(tuned.run_dir))
+    want, got = src_model.state_dict(), got_model.state_dict()
+    seed_all(read_meta(ckpt)["config"]["train"]["seed"])  # the run's fresh model, as it built it
+    fresh = build_model(dataclasses.replace(got_model.config, init_from=None)).state_dict()
+
+    head = sorted(k for k in want if k.startswith("head."))
+    assert head == ["head.bias", "head.weight"] and sorted(got) == sorted(want)
+    for name in sorted(set(want) - set(head)):  # loaded: the source's, not a fresh one
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0, msg=name)
+        assert not torch.allclose(fresh[name], want[name], atol=1e-6, rtol=0), name
+    for name in head:  # new: the fresh 3-class head, not a slice of the 10-class one
+        assert want[name].shape[0] == 10 and got[name].shape == (3, *want[name].shape[1:])
+        torch.testing.assert_close(got[name], fresh[name], atol=1e-6, rtol=0, msg=name)
+    assert not torch.allclose(got["head.weight"], want["head.weight"][:3], atol=1e-3)
+    names = ", ".join(head)
+    line = (f"init_from {resolve_checkpoint(source.run_dir)}: loaded {len(want) - 2} tensors, "
+            f"newly initialised 2 ({names}), dropped 2 ({names})")  # fmt: skip
+    assert line in tuned.stdout and tuned.stdout.count("init_from ") == 1
+
+    # It trains on 3 classes: a fresh head predicts about uniformly, then accuracy is logged.
+    losses = [r["loss"] for r in tuned.records()]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert losses[0] == pytest.approx(math.log(3), abs=0.5)
+    (evaluation,) = tuned.records("eval")
+    assert evaluation["step"] == 2 and 0 <= evaluation["val_accuracy"] <= 1
+    assert math.isfinite(evaluation["val_loss"])
