@@ -1,6 +1,12 @@
 """`gobig export`: a checkpoint's weights as one safetensors file plus the model config.
 
-    gobig export RUN_OR_CHECKPOINT --out DIR
+    gobig export RUN_OR_CHECKPOINT --out DIR [--format gobig|hf]
+
+--format hf writes a Hugging Face directory instead (train/hf_format.py): GPT as
+GPT2LMHeadModel, BERT as BertForMaskedLM, BertForPreTraining or
+BertForSequenceClassification, ViT as ViTForImageClassification, loadable by
+`transformers` with no gobig installed; a model with no faithful equivalent is
+refused with the reason. The default format
 
 writes DIR/model.safetensors (consolidated fp32 weights, named as `model/`
 names them), DIR/config.json (the ModelConfig) and, for a text model whose
@@ -86,7 +92,7 @@ def consolidated_model(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
-def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
+def export_checkpoint(run_or_checkpoint: Path, out_dir: Path, fmt: str = "gobig") -> Path:
     """Write `model.safetensors` and `config.json` for a checkpoint into `out_dir`,
     and the run's tokenizer beside them when it can be found (run_tokenizer).
 
@@ -94,6 +100,7 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
         run_or_checkpoint: a run directory (its newest complete checkpoint is
             used) or one checkpoint directory.
         out_dir: created if needed; the files in it are replaced.
+        fmt: "gobig" (gobig's names and config) or "hf" (a transformers directory).
 
     Returns:
         The checkpoint directory that was exported.
@@ -101,25 +108,43 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path) -> Path:
     ckpt = resolve_checkpoint(run_or_checkpoint)
     model, meta = consolidated_model(ckpt)
     model_config = model.config
+    if fmt == "hf":
+        # refuse before anything is written: nothing half-exported is left behind
+        from model.hf import HfConversionError, converter_for_family
 
-    from safetensors.torch import save_model
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            converter = converter_for_family(model_config.family)
+        except HfConversionError as exc:
+            raise ExportError(f"{ckpt}: {exc}") from None
+        reason = converter.refusal(model_config)
+        if reason is not None:
+            raise ExportError(
+                f"{ckpt}: cannot export as {converter.architecture(model_config)}: {reason}"
+            )
     info = {
         "step": str(meta.get("step", "")),
         "tokenizer_hash": str(meta.get("tokenizer_hash") or ""),
         "checkpoint": str(ckpt),
         "task": family_of(model_config.family).task,
     }
-    # save_model stores a tied weight (GPT's LM head, BERT's decoder) once.
-    save_model(model, str(out_dir / WEIGHTS_FILE), metadata=info)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=1) + "\n")
     try:
         tokenizer = run_tokenizer(meta)
     except ExportError as exc:  # the weights are still worth having
         print(f"gobig: warning: export without a tokenizer: {exc}", file=sys.stderr)
         tokenizer = None
+    out_dir = Path(out_dir)
+    if fmt == "hf":
+        from train.hf_format import write_hf
+
+        write_hf(model, out_dir, tokenizer, info)
+        return ckpt
+
+    from safetensors.torch import save_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # save_model stores a tied weight (GPT's LM head, BERT's decoder) once.
+    save_model(model, str(out_dir / WEIGHTS_FILE), metadata=info)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=1) + "\n")
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out_dir / TOKENIZER_FILE)
     return ckpt
@@ -147,15 +172,35 @@ def run_tokenizer(meta: dict[str, Any]) -> Path | None:
     raise ExportError(f"the run's tokenizer (hash {want}) is no longer at {where}")
 
 
+def is_export(path: Path) -> bool:
+    """A directory of model weights and config: a gobig export, or a Hugging Face
+    model directory (`gobig export --format hf`'s, or any transformers GPT-2,
+    BERT or ViT)."""
+    from train.hf_format import is_hf_dir
+
+    path = Path(path)
+    gobig = (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+    return gobig or is_hf_dir(path)
+
+
 def load_exported(export_dir: Path) -> nn.Module:
     """The model an export describes, weights loaded, in eval mode (no DeepSpeed needed).
 
     Args:
-        export_dir: a directory written by `export_checkpoint`.
+        export_dir: a directory written by `export_checkpoint` (either format),
+            or a transformers GPT-2, BERT or ViT directory.
     """
     from safetensors.torch import load_model
 
+    from model.hf import HfConversionError
+    from train.hf_format import is_hf_dir, load_hf_model
+
     export_dir = Path(export_dir)
+    if is_hf_dir(export_dir):
+        try:
+            return load_hf_model(export_dir)
+        except HfConversionError as exc:
+            raise ExportError(f"{export_dir}: {exc}") from None
     config = ModelConfig(**json.loads((export_dir / CONFIG_FILE).read_text()))
     model = build_model(config)
     load_model(model, export_dir / WEIGHTS_FILE, strict=True)
@@ -257,9 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run or checkpoint dir")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--format",
+        choices=("gobig", "hf"),
+        default="gobig",
+        help="gobig: safetensors + gobig config; hf: a Hugging Face transformers directory",
+    )
     ns = parser.parse_args(argv)
     try:
-        ckpt = export_checkpoint(Path(ns.path), Path(ns.out))
+        ckpt = export_checkpoint(Path(ns.path), Path(ns.out), ns.format)
     except GobigError as exc:  # ExportError, CheckpointError
         return report_error("gobig", exc)
     print(f"exported {ckpt} to {ns.out}")

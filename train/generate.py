@@ -57,7 +57,7 @@ def load_trained(path: Path, device: torch.device) -> TrainedModel:
 def _load(path: Path, device: torch.device) -> TrainedModel:
     from data_pipeline import Tokenizer
 
-    if (path / exports.CONFIG_FILE).is_file() and (path / exports.WEIGHTS_FILE).is_file():
+    if exports.is_export(path):
         model, source = exports.load_exported(path), path
         tokenizer_path = path / exports.TOKENIZER_FILE
         if not tokenizer_path.is_file():

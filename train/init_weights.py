@@ -1,7 +1,8 @@
 """`model.init_from`: a new run starts from the weights of another (fine-tuning).
 
 The source is a run directory (its newest complete checkpoint), one checkpoint
-of any world size and ZeRO stage, or a `gobig export` directory. Tensors are
+of any world size and ZeRO stage, a `gobig export` directory (either format),
+or a Hugging Face transformers GPT-2, BERT or ViT directory. Tensors are
 matched by name and shape: a matching tensor is loaded, one the model has but
 the source lacks (or holds in another shape: a classification head for another
 number of labels, a longer position table) keeps its fresh initialisation, and
@@ -43,7 +44,7 @@ class InitReport:
 
 
 def _source_model(path: Path) -> tuple[nn.Module, Path]:
-    if (path / exports.CONFIG_FILE).is_file() and (path / exports.WEIGHTS_FILE).is_file():
+    if exports.is_export(path):
         return exports.load_exported(path), path
     ckpt = exports.resolve_checkpoint(path)
     return exports.consolidated_model(ckpt)[0], ckpt
@@ -62,6 +63,14 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> InitReport:
             f"model.init_from {source}: holds a {source_model.config.family} model, "
             f"this run trains a {model.config.family} model"
         )
+    for field in ("norm", "activation"):
+        # Same names and shapes, another function: loading would silently be wrong.
+        theirs, ours = getattr(source_model.config, field), getattr(model.config, field)
+        if theirs != ours:
+            raise exports.ExportError(
+                f"model.init_from {source}: its model has model.{field}={theirs}, "
+                f"this run's has model.{field}={ours}; set model.{field}={theirs}"
+            )
     have, want = source_model.state_dict(), model.state_dict()
     matched = {k: v for k, v in have.items() if k in want and want[k].shape == v.shape}
     if not matched:
