@@ -47,7 +47,7 @@ class EvalError(GobigError, ValueError):
 def load_for_eval(path: Path) -> tuple[torch.nn.Module, ExperimentConfig, str | None]:
     """(model, the run's config, the tokenizer hash it trained with) of a run,
     checkpoint or export. An export's config is the defaults with its model."""
-    if (path / exports.CONFIG_FILE).is_file() and (path / exports.WEIGHTS_FILE).is_file():
+    if exports.is_export(path):
         model = exports.load_exported(path)
         config = build_config({"model": model.config.to_dict()}, str(path))
         tokenizer = path / exports.TOKENIZER_FILE
@@ -116,7 +116,7 @@ def evaluate_as_logged(
     from train.task import TrainingModule
 
     path, device = Path(path), device or torch.device("cpu")
-    if (path / exports.CONFIG_FILE).is_file() and (path / exports.WEIGHTS_FILE).is_file():
+    if exports.is_export(path):
         raise EvalError(
             f"{path}: --as-logged needs a run or checkpoint; an export keeps no record of "
             "the run's world size and data"
