@@ -80,8 +80,9 @@ def write_hf(model: nn.Module, out_dir: Path, tokenizer: Path | None, info: dict
     _write_json(out_dir / CONFIG_FILE, hf_config)
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out_dir / TOKENIZER_MODEL)
-        _write_json(out_dir / TOKENIZER_CONFIG, _tokenizer_config(config, tokenizer))
-    if config.family == "vit":
+        tokenizer_config = _tokenizer_config(config, tokenizer, converter.cls_sep_inputs)
+        _write_json(out_dir / TOKENIZER_CONFIG, tokenizer_config)
+    if converter.takes_images:
         _write_json(out_dir / PREPROCESSOR_CONFIG, _image_processor(config))
     return architecture
 
@@ -100,11 +101,7 @@ def read_hf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         raise HfConversionError(f"{path / CONFIG_FILE} is unreadable ({exc})") from None
     converter = converter_for_model_type(str(hf.get("model_type")))
     config = converter.model_config(hf)
-    architecture = (hf.get("architectures") or [""])[0]
-    if converter.family == "bert":
-        from model.hf.bert import architecture_of
-
-        architecture = architecture_of(hf)
+    architecture = converter.architecture_of(hf)
     return config, converter.from_hf(config, architecture, _read_weights(path))
 
 
@@ -155,7 +152,7 @@ def _token_ids(tokenizer: Path) -> dict[str, int]:
     return {f"{k}_token_id": ids[k] for k in ("pad", "bos", "eos") if k in ids}
 
 
-def _tokenizer_config(config: ModelConfig, tokenizer: Path) -> dict[str, Any]:
+def _tokenizer_config(config: ModelConfig, tokenizer: Path, cls_sep: bool) -> dict[str, Any]:
     # transformers builds a fast tokenizer from the sentencepiece model itself,
     # following its normaliser, pieces and merges, so it encodes as gobig does.
     sp, ids = _pieces(tokenizer)
@@ -170,7 +167,7 @@ def _tokenizer_config(config: ModelConfig, tokenizer: Path) -> dict[str, Any]:
         "add_bos_token": False,
         "add_eos_token": False,
     }
-    if config.family == "bert" and "cls" in ids and "sep" in ids:
+    if cls_sep and "cls" in ids and "sep" in ids:
         # BERT's inputs are [CLS] text [SEP]: let the tokenizer add them.
         out.update(bos_token=tokens["cls_token"], eos_token=tokens["sep_token"])
         out.update(add_bos_token=True, add_eos_token=True)

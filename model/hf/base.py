@@ -138,6 +138,10 @@ class HfConverter:
 
     family: str = ""
     model_type: str = ""
+    # The export carries an image processor config (images in, not text).
+    takes_images: bool = False
+    # The tokenizer adds [CLS] before and [SEP] after a text (BERT's inputs).
+    cls_sep_inputs: bool = False
 
     def refusal(self, config: ModelConfig) -> str | None:
         """Why `config` cannot be exported faithfully, or None."""
@@ -157,6 +161,10 @@ class HfConverter:
     def model_config(self, hf: dict[str, Any]) -> ModelConfig:
         """The gobig ModelConfig of an HF config.json."""
         raise NotImplementedError
+
+    def architecture_of(self, hf: dict[str, Any]) -> str:
+        """The transformers class an HF config.json names."""
+        return (hf.get("architectures") or [""])[0]
 
     def canonical(self, hf: dict[str, Tensor]) -> dict[str, Tensor]:
         """HF names as the pairs spell them (checkpoints differ in prefixes)."""

@@ -63,6 +63,7 @@ _LAYER = [
 class BertConverter(HfConverter):
     family = "bert"
     model_type = "bert"
+    cls_sep_inputs = True
 
     def refusal(self, config: ModelConfig) -> str | None:
         return refuse_unless([
@@ -134,7 +135,7 @@ class BertConverter(HfConverter):
                 "equivalent (absolute)"
             )
         d = hf.get("hidden_size", 768)
-        architecture = architecture_of(hf)
+        architecture = self.architecture_of(hf)
         labels = int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
         return ModelConfig(
             name="hf-bert",
@@ -155,6 +156,15 @@ class BertConverter(HfConverter):
             pooling="cls",
             position="learned",
             norm="post",
+        )
+
+    def architecture_of(self, hf: dict[str, Any]) -> str:
+        """The BERT class an HF config.json names (BertModel when it names none)."""
+        for name in hf.get("architectures") or ["BertModel"]:
+            if name in ARCHITECTURES:
+                return name
+        raise HfConversionError(
+            f"architectures={hf.get('architectures')} is none of {', '.join(ARCHITECTURES)}"
         )
 
     def canonical(self, hf: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -179,13 +189,3 @@ class BertConverter(HfConverter):
         if "mlm_head.decoder.bias" in state:
             state["mlm_head.decoder.weight"] = state["embeddings.word.weight"]
         return state
-
-
-def architecture_of(hf: dict[str, Any]) -> str:
-    """The BERT class an HF config.json names (BertModel when it names none)."""
-    for name in hf.get("architectures") or ["BertModel"]:
-        if name in ARCHITECTURES:
-            return name
-    raise HfConversionError(
-        f"architectures={hf.get('architectures')} is none of {', '.join(ARCHITECTURES)}"
-    )

@@ -65,6 +65,7 @@ _RENAMES = [
 class VitConverter(HfConverter):
     family = "vit"
     model_type = "vit"
+    takes_images = True
 
     def refusal(self, config: ModelConfig) -> str | None:
         return refuse_unless([
