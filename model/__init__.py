@@ -1,4 +1,4 @@
-"""Transformer models (GPT, BERT, ViT) in plain PyTorch; imports only torch.
+"""Transformer models (GPT, BERT, ViT, Seq2Seq) in plain PyTorch; imports only torch.
 
 The public names load on first use (PEP 562): `model.config` and
 `model.presets` need no torch, so the experiment config (and the `gobig`
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from model.output import ModelOutput
     from model.presets import MODEL_PRESETS, get_preset
     from model.registry import analytic_param_count, build_model
+    from model.seq2seq import Seq2Seq
     from model.vit import ViT
 
 # public name -> the module that defines it
@@ -31,6 +32,7 @@ _SOURCES = {
     "get_preset": "model.presets",
     "analytic_param_count": "model.registry",
     "build_model": "model.registry",
+    "Seq2Seq": "model.seq2seq",
     "ViT": "model.vit",
 }
 
@@ -41,6 +43,7 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "ModelOutput",
+    "Seq2Seq",
     "ViT",
     "analytic_param_count",
     "build_model",

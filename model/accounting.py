@@ -1,8 +1,9 @@
-"""Parameter and FLOP accounting shared by the three model families.
+"""Parameter and FLOP accounting shared by the model families.
 
 "Embedding" parameters here are the lookup-only tables: position embeddings,
-BERT's token-type embeddings and ViT's CLS token. Token embeddings are not
-among them because they are tied to the output head, a real matmul.
+BERT's token-type embeddings, ViT's CLS token and an unshared seq2seq source
+embedding. Token embeddings tied to the output head are not among them: the
+head is a real matmul.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def analytic_param_count(config: ModelConfig, non_embedding: bool = False) -> in
     ln = d + d * b
     attention = (d * 3 * d + 3 * d * b) + (d * d + d * b)
     mlp = (d * hidden + hidden * b) + (hidden * d + d * b)
-    stack = config.n_layer * (2 * ln + attention + mlp) + (ln if config.norm == "pre" else 0)
+    final_ln = ln if config.norm == "pre" else 0
+    stack = config.n_layer * (2 * ln + attention + mlp) + final_ln
 
     seq_len = config.image_seq_len if config.family == "vit" else config.max_seq_len
     lookup = seq_len * d if config.position == "learned" else 0
@@ -77,6 +79,14 @@ def analytic_param_count(config: ModelConfig, non_embedding: bool = False) -> in
         if config.pair_head != "none":
             total += d * 2 + 2 * b
         total += config.num_labels * d + config.num_labels * b
+    elif config.family == "seq2seq":
+        # Decoder blocks add a LayerNorm and a cross-attention (same shapes as
+        # self-attention: q, fused kv, output); each side has its own learned
+        # position table; the output projection is tied to the target embedding.
+        decoder = config.decoder_layers * (3 * ln + 2 * attention + mlp) + final_ln
+        total = config.vocab_size * d + stack + decoder
+        lookup *= 2
+        lookup += 0 if config.share_embeddings else config.vocab_size * d
     else:
         lookup += d if config.pooling == "cls" else 0
         patch = config.in_channels * config.patch_size**2 * d + d * b

@@ -1,4 +1,4 @@
-"""Multi-head self-attention on torch's scaled_dot_product_attention.
+"""Multi-head self- and cross-attention on torch's scaled_dot_product_attention.
 
 Masks, ALiBi biases and rotary angles do not depend on the layer, so a model
 builds them once per forward into an `AttentionContext` and every layer reads
@@ -46,6 +46,14 @@ class KVCache:
             v = torch.cat((past[1], v), dim=2)
         self.layers[layer] = (k, v)
         return k, v
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` [B_new] of every layer (beam search: each
+        surviving beam continues from its parent beam's keys and values)."""
+        self.layers = [
+            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+            for kv in self.layers
+        ]
 
 
 @dataclass
@@ -147,13 +155,15 @@ def build_attention_context(
 _HALF = (torch.bfloat16, torch.float16)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection.
+class _MultiHeadAttention(nn.Module):
+    """What self- and cross-attention share: head split, SDPA, output projection.
 
     Args:
         config: model shape (d_model, n_head, bias, dropout).
         layer: this layer's index, its slot in a KVCache.
     """
+
+    proj: ResidualProjection
 
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -161,21 +171,18 @@ class SelfAttention(nn.Module):
         self.n_head = config.n_head
         self.d_model = config.d_model
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
-        self.proj = ResidualProjection(config.d_model, config.d_model, bias=config.bias)
+        # Subclasses create their input projections and then `self.proj`: the
+        # registration order fixes parameter order, which ZeRO's flat
+        # partitions and saved optimizer states depend on.
 
-    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
-        """Attend over x [B, T, d] (plus cached keys); return [B, T, d]."""
+    def _heads(self, x: Tensor) -> Tensor:
+        """[B, T, d] -> [B, H, T, Dh]."""
         b, t, _ = x.shape
-        q, k, v = (
-            part.view(b, t, self.n_head, -1).transpose(1, 2)
-            for part in self.qkv(x).split(self.d_model, dim=2)
-        )
-        if ctx.rotary is not None:
-            cos, sin = ctx.rotary
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if ctx.kv_cache is not None:
-            k, v = ctx.kv_cache.update(self.layer, k, v)
+        return x.view(b, t, self.n_head, -1).transpose(1, 2)
+
+    def _attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """SDPA over q [B, H, Tq, Dh] and k, v [B, H, Tk, Dh]; return proj(out) [B, Tq, d]."""
+        b, _, t, _ = q.shape
         dtype = q.dtype
         if q.device.type == "cpu" and dtype in _HALF:
             # CPU attention kernels in bf16/fp16 are slower than in fp32 (the
@@ -196,3 +203,61 @@ class SelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=ctx.is_causal,
         )
+
+
+class SelfAttention(_MultiHeadAttention):
+    """Multi-head self-attention with a fused QKV projection.
+
+    Args:
+        config: model shape (d_model, n_head, bias, dropout).
+        layer: this layer's index, its slot in a KVCache.
+    """
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__(config, layer)
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.proj = ResidualProjection(config.d_model, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        """Attend over x [B, T, d] (plus cached keys); return [B, T, d]."""
+        q, k, v = (self._heads(part) for part in self.qkv(x).split(self.d_model, dim=2))
+        if ctx.rotary is not None:
+            cos, sin = ctx.rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if ctx.kv_cache is not None:
+            k, v = ctx.kv_cache.update(self.layer, k, v)
+        return self._attend_and_project(q, k, v, ctx)
+
+
+class CrossAttention(_MultiHeadAttention):
+    """Queries from the decoder attend over the encoder output (the "memory").
+
+    No position scheme acts here (rotary and ALiBi are relative positions
+    within one sequence); ctx.keep carries the source padding mask.
+
+    Args:
+        config: model shape (d_model, n_head, bias, dropout).
+        layer: this layer's index, its slot in the cross-attention KVCache.
+    """
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__(config, layer)
+        self.q = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.kv = nn.Linear(config.d_model, 2 * config.d_model, bias=config.bias)
+        self.proj = ResidualProjection(config.d_model, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor, memory: Tensor, ctx: AttentionContext) -> Tensor:
+        """Attend from x [B, T, d] over memory [B, S, d]; return [B, T, d].
+
+        With ctx.kv_cache the memory's keys and values are projected on the
+        first call and reused afterwards: they do not change while decoding.
+        """
+        cache = ctx.kv_cache
+        cached = None if cache is None else cache.layers[self.layer]
+        if cached is None:
+            k, v = (self._heads(part) for part in self.kv(memory).split(self.d_model, dim=2))
+            if cache is not None:
+                cache.layers[self.layer] = (k, v)
+        else:
+            k, v = cached
+        return self._attend_and_project(self._heads(self.q(x)), k, v, ctx)

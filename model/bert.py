@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.accounting import TokenFlops, count_params
+from model.accounting import TokenFlops, count_params, training_flops_per_token
 from model.attention import build_attention_context
 from model.blocks import TransformerStack, activation, layer_norm
 from model.config import ModelConfig
@@ -245,6 +245,18 @@ class BERT(TokenFlops, nn.Module):
                 "(with model.pair_head) or class_labels (with model.num_labels)"
             )
         return ModelOutput(loss=torch.stack(losses).sum(), logits=logits, metrics=metrics)
+
+    def training_flops_per_unit(self) -> float:
+        """Training FLOPs per token (TokenFlops). A classifier (num_labels > 0) trains on
+        class labels: its masked-LM head never runs (its dense layer, and the decoder
+        that is the word embedding's only matmul, are left out), and the pooler and
+        classifier run once per text, not per token."""
+        if self.classifier is None:
+            return super().training_flops_per_unit()
+        c = self.config
+        not_per_token = sum(map(count_params, (self.mlm_head, self.pooler, self.classifier)))
+        n = self.num_params(non_embedding=True) - not_per_token
+        return training_flops_per_token(n, c.n_layer, c.d_model, c.max_seq_len)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Unique parameters; non_embedding leaves out position and token-type tables.

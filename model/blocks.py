@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from model.attention import AttentionContext, SelfAttention
+from model.attention import AttentionContext, CrossAttention, SelfAttention
 from model.config import ModelConfig
 from model.init import ResidualProjection
 
@@ -57,12 +60,39 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.post_norm = config.norm == "post"
 
-    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+    def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        """One sub-layer with its residual connection and LayerNorm (pre or post)."""
         if self.post_norm:
-            x = self.ln_1(x + self.dropout(self.attn(x, ctx)))
-            return self.ln_2(x + self.dropout(self.mlp(x)))
-        x = x + self.dropout(self.attn(self.ln_1(x), ctx))
-        return x + self.dropout(self.mlp(self.ln_2(x)))
+            return norm(x + self.dropout(sublayer(x)))
+        return x + self.dropout(sublayer(norm(x)))
+
+    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        x = self._residual(x, self.ln_1, lambda h: self.attn(h, ctx))
+        return self._residual(x, self.ln_2, self.mlp)
+
+
+class DecoderBlock(Block):
+    """A Block with cross-attention between self-attention and the MLP (the
+    decoder of "Attention Is All You Need"): three residual sub-layers.
+
+    Args:
+        config: model shape.
+        layer: block index (the slot in both the self- and cross-attention caches).
+    """
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__(config, layer)
+        self.ln_cross = layer_norm(config)
+        self.cross_attn = CrossAttention(config, layer)
+
+    def forward(
+        self, x: Tensor, ctx: AttentionContext, memory: Tensor, memory_ctx: AttentionContext
+    ) -> Tensor:
+        """x [B, T, d]: causal self-attention under ctx, then attention over the
+        encoder output memory [B, S, d] under memory_ctx (source padding), then the MLP."""
+        x = self._residual(x, self.ln_1, lambda h: self.attn(h, ctx))
+        x = self._residual(x, self.ln_cross, lambda h: self.cross_attn(h, memory, memory_ctx))
+        return self._residual(x, self.ln_2, self.mlp)
 
 
 class TransformerStack(nn.Module):
@@ -72,18 +102,26 @@ class TransformerStack(nn.Module):
     Args:
         config: model shape; activation_checkpointing recomputes each block's
             activations in backward while training.
+        blocks: the blocks to run (e.g. seq2seq's DecoderBlocks); by default
+            config.n_layer `Block`s.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, blocks: Iterable[nn.Module] | None = None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        if blocks is None:
+            blocks = (Block(config, i) for i in range(config.n_layer))
+        self.blocks = nn.ModuleList(blocks)
         self.ln_f = layer_norm(config) if config.norm == "pre" else nn.Identity()
         self.activation_checkpointing = config.activation_checkpointing
 
-    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
-        """Run x [B, T, d] through every block and the final LayerNorm."""
+    def forward(self, x: Tensor, ctx: AttentionContext, *extra: Any) -> Tensor:
+        """Run x [B, T, d] through every block, each called as block(x, ctx, *extra),
+        and the final LayerNorm."""
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             # Non-reentrant checkpointing accepts the non-tensor ctx and keeps module hooks.
-            x = checkpoint(block, x, ctx, use_reentrant=False) if recompute else block(x, ctx)
+            if recompute:
+                x = checkpoint(block, x, ctx, *extra, use_reentrant=False)
+            else:
+                x = block(x, ctx, *extra)
         return self.ln_f(x)

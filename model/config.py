@@ -1,8 +1,8 @@
 """Architecture description shared by every model family.
 
-One flat dataclass covers GPT, BERT and ViT so that the experiment schema can
-embed it as its `model` section unchanged; fields a family does not use are
-ignored by it. Validation raises ValueError naming the field.
+One flat dataclass covers GPT, BERT, ViT and the encoder-decoder (seq2seq)
+so that the experiment schema can embed it as its `model` section unchanged;
+fields a family does not use are ignored by it. Validation raises ValueError naming the field.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-Family = Literal["gpt", "bert", "vit"]
+Family = Literal["gpt", "bert", "vit", "seq2seq"]
 Position = Literal["learned", "sinusoidal", "rotary", "alibi", "none"]
 PairHead = Literal["none", "nsp", "sop"]
 Pooling = Literal["cls", "mean"]
@@ -34,13 +34,15 @@ class ModelConfig:
 
     Args:
         name: registry name this config came from (or "custom").
-        family: which model class to build: gpt, bert or vit.
-        n_layer: number of transformer blocks.
+        family: which model class to build: gpt, bert, vit or seq2seq (the
+            encoder-decoder Transformer of "Attention Is All You Need").
+        n_layer: number of transformer blocks (seq2seq: encoder blocks).
         n_head: attention heads per block; must divide d_model.
         d_model: residual stream width.
         max_seq_len: longest sequence (tokens) the model accepts; for ViT it is
-            derived from image and patch size.
-        vocab_size: token vocabulary size (GPT, BERT).
+            derived from image and patch size; for seq2seq it bounds the source
+            and the target each.
+        vocab_size: token vocabulary size (GPT, BERT, seq2seq).
         position: learned | sinusoidal | rotary | alibi | none.
         dropout: dropout probability on embeddings, attention and MLP outputs.
         bias: whether linear layers and LayerNorms carry biases.
@@ -63,6 +65,13 @@ class ModelConfig:
         num_classes: ViT classification classes.
         pooling: what a classifier reads: the cls token, or the mean of the
             tokens (ViT: the patch tokens; BERT: the unpadded tokens).
+        n_decoder_layer: seq2seq decoder blocks; 0 means as many as n_layer.
+        label_smoothing: seq2seq training targets put this much probability
+            mass uniformly over the vocabulary (0 = plain cross entropy).
+        share_embeddings: seq2seq source and target share one token embedding
+            (a joint vocabulary, as the paper's WMT En-De); otherwise the
+            source has its own table of vocab_size rows. The output projection
+            is always tied to the target embedding.
         activation_checkpointing: recompute block activations in backward.
         init_from: weights a new run starts from (a run, a checkpoint or an
             export); the training side loads them, the model itself ignores it.
@@ -95,6 +104,9 @@ class ModelConfig:
     in_channels: int = 3
     num_classes: int = 10
     pooling: Pooling = "cls"
+    n_decoder_layer: int = 0
+    label_smoothing: float = 0.1
+    share_embeddings: bool = True
     activation_checkpointing: bool = False
     init_from: str | None = None
 
@@ -125,6 +137,10 @@ class ModelConfig:
         for field in ("type_vocab_size", "image_size", "patch_size", "in_channels"):
             if getattr(self, field) < 1:
                 raise ValueError(f"model.{field} must be >= 1, got {getattr(self, field)}")
+        if self.n_decoder_layer < 0:
+            raise ValueError(f"model.n_decoder_layer must be >= 0, got {self.n_decoder_layer}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.num_labels < 0:
             raise ValueError(f"model.num_labels must be >= 0, got {self.num_labels}")
         if self.family == "vit":
@@ -139,6 +155,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def decoder_layers(self) -> int:
+        """seq2seq decoder depth: n_decoder_layer, or n_layer when that is 0."""
+        return self.n_decoder_layer or self.n_layer
 
     @property
     def num_patches(self) -> int:

@@ -1,7 +1,8 @@
 """Named model shapes: the registry's entries.
 
 The `-tiny` shapes train in minutes on two CPU cores; the others reproduce the
-published shapes (GPT-2 small, BERT-base, ViT-B/16).
+published shapes (GPT-2 small, BERT-base, ViT-B/16, the base Transformer of
+"Attention Is All You Need").
 """
 
 from __future__ import annotations
@@ -37,6 +38,22 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         name="vit-b16", family="vit", n_layer=12, n_head=12, d_model=768,
         image_size=224, patch_size=16, num_classes=1000, max_seq_len=197,
         layer_norm_eps=1e-6,
+    ),
+    # A Multi30k-sized translation model: a joint sentencepiece vocabulary of
+    # 8000, sentences of a few dozen tokens.
+    "transformer-tiny": ModelConfig(
+        name="transformer-tiny", family="seq2seq", n_layer=3, n_decoder_layer=3, n_head=4,
+        d_model=256, max_seq_len=128, vocab_size=8000, position="sinusoidal", norm="post",
+        dropout=0.1, label_smoothing=0.1, share_embeddings=True,
+    ),
+    # The paper's base model (table 3): 6 + 6 post-LN layers, d 512, 8 heads,
+    # FFN 2048, sinusoidal positions, dropout and label smoothing 0.1, one
+    # embedding for source, target and output over the WMT En-De joint BPE
+    # vocabulary of 37,000 tokens: 63,082,496 parameters (the paper says 65M).
+    "transformer-base": ModelConfig(
+        name="transformer-base", family="seq2seq", n_layer=6, n_decoder_layer=6, n_head=8,
+        d_model=512, max_seq_len=1024, vocab_size=37000, position="sinusoidal", norm="post",
+        dropout=0.1, label_smoothing=0.1, share_embeddings=True,
     ),
 }
 # fmt: on

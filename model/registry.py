@@ -11,9 +11,15 @@ from model.bert import BERT
 from model.config import ModelConfig
 from model.gpt import GPT
 from model.presets import get_preset
+from model.seq2seq import Seq2Seq
 from model.vit import ViT
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": BERT, "vit": ViT}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "gpt": GPT,
+    "bert": BERT,
+    "vit": ViT,
+    "seq2seq": Seq2Seq,
+}
 
 __all__ = ["MODEL_CLASSES", "analytic_param_count", "build_model"]
 

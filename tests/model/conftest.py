@@ -13,6 +13,7 @@ SMALL = {
     "gpt": dict(n_layer=2, n_head=4, d_model=32, max_seq_len=16, vocab_size=64),
     "bert": dict(n_layer=2, n_head=4, d_model=32, max_seq_len=16, vocab_size=64),
     "vit": dict(n_layer=2, n_head=4, d_model=32, image_size=16, patch_size=4, num_classes=5),
+    "seq2seq": dict(n_layer=2, n_head=4, d_model=32, max_seq_len=16, vocab_size=64),
 }
 
 
@@ -29,6 +30,19 @@ def _make_batch(config: ModelConfig, batch_size: int = 2, seq_len: int = 8, seed
             "labels": torch.randint(config.num_classes, (batch_size,), generator=gen),
         }
     ids = torch.randint(config.vocab_size, (batch_size, seq_len), generator=gen)
+    if config.family == "seq2seq":
+        # Source of seq_len (the first one padded at the end), a target as long.
+        target = torch.randint(config.vocab_size, (batch_size, seq_len), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[0, -2:] = 0
+        labels = torch.roll(target, -1, dims=1)
+        labels[:, -1] = -100
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "decoder_input_ids": target,
+            "labels": labels,
+        }
     batch = {"input_ids": ids, "labels": torch.roll(ids, -1, dims=1)}
     if config.family == "bert":
         labels = torch.full_like(ids, -100)

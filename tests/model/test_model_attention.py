@@ -157,7 +157,7 @@ def test_sinusoidal_encoding_values():
     torch.testing.assert_close(enc[2, 2], torch.tensor(math.sin(2 / 10000 ** (2 / 6))))
 
 
-@pytest.mark.parametrize("family", ["gpt", "bert", "vit"])
+@pytest.mark.parametrize("family", ["gpt", "bert", "vit", "seq2seq"])
 @pytest.mark.parametrize("position", ["learned", "alibi", "rotary"])
 def test_bf16_autocast_forward_is_finite(small_config, make_batch, family, position):
     torch.manual_seed(0)

@@ -21,6 +21,12 @@ FAMILY_VARIANTS = {
     "bert": [{"pair_head": "nsp"}, {"pair_head": "sop", "bias": False}, {"num_labels": 3}],
     "vit": [{"pooling": "mean"}, {"pooling": "mean", "position": "none"}, {"in_channels": 1}],
     "gpt": [{"max_seq_len": 256}],
+    "seq2seq": [
+        {"share_embeddings": False},
+        {"share_embeddings": False, "position": "learned", "norm": "pre"},
+        {"n_decoder_layer": 2},
+        {"n_decoder_layer": 1, "bias": False, "position": "learned"},
+    ],
 }
 CASES = [
     (name, variant)

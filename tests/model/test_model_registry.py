@@ -5,12 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import BERT, GPT, MODEL_PRESETS, ModelConfig, ModelOutput, ViT, build_model, get_preset
+from model import (
+    BERT,
+    GPT,
+    MODEL_PRESETS,
+    ModelConfig,
+    ModelOutput,
+    Seq2Seq,
+    ViT,
+    build_model,
+    get_preset,
+)
 
 REDUCED = {
     "gpt": dict(n_layer=1, d_model=32, n_head=2, vocab_size=64, max_seq_len=16),
     "bert": dict(n_layer=1, d_model=32, n_head=2, vocab_size=64, max_seq_len=16),
     "vit": dict(n_layer=1, d_model=32, n_head=2, image_size=16, patch_size=4, num_classes=7),
+    "seq2seq": dict(n_layer=1, d_model=32, n_head=2, vocab_size=64, max_seq_len=16),
 }
 EXTRA = [
     ("bert-tiny", {"pair_head": "nsp", "num_labels": 3}),
@@ -18,6 +29,9 @@ EXTRA = [
     ("vit-tiny", {"pooling": "mean", "position": "rotary"}),
     ("gpt-tiny", {"position": "sinusoidal", "bias": False}),
     ("gpt-tiny", {"activation_checkpointing": True, "dropout": 0.1}),
+    ("transformer-tiny", {"share_embeddings": False, "norm": "pre", "position": "rotary"}),
+    ("transformer-tiny", {"position": "alibi", "n_decoder_layer": 2, "bias": False}),
+    ("transformer-tiny", {"position": "learned", "activation_checkpointing": True}),
 ]
 CASES = [(name, {}) for name in MODEL_PRESETS] + EXTRA
 
@@ -35,6 +49,9 @@ def test_forward_backward_reaches_every_parameter(make_batch, name, variant):
     if family == "vit":
         assert out.logits.shape == (2, 7)
         assert model(batch["images"]).shape == (2, 7)
+    elif family == "seq2seq":
+        assert out.logits.shape == (2, 10, 64)
+        assert model(batch["input_ids"], batch["decoder_input_ids"]).shape == (2, 10, 64)
     else:
         assert out.logits.shape == (2, 10, 64)
         assert model(batch["input_ids"]).shape == (2, 10, 64)
@@ -48,6 +65,7 @@ def test_build_model_picks_the_family_class():
     assert isinstance(build_model("gpt-tiny", n_layer=1), GPT)
     assert isinstance(build_model("bert-tiny", n_layer=1), BERT)
     assert isinstance(build_model("vit-tiny", n_layer=1), ViT)
+    assert isinstance(build_model("transformer-tiny", n_layer=1), Seq2Seq)
     config = ModelConfig(family="bert", n_layer=1, d_model=32, n_head=2, vocab_size=50)
     model = build_model(config, num_labels=2)
     assert isinstance(model, BERT) and model.config.num_labels == 2

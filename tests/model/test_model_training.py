@@ -85,7 +85,7 @@ def test_gpt2_style_initialisation():
     assert torch.equal(block.ln_1.weight, torch.ones(256))
 
 
-@pytest.mark.parametrize("family", ["gpt", "bert", "vit"])
+@pytest.mark.parametrize("family", ["gpt", "bert", "vit", "seq2seq"])
 def test_loss_without_accuracy_is_the_same_loss(small_config, make_batch, family):
     """Training steps skip the accuracy's argmax; the loss and its gradient stay put."""
     from train.task import TrainingModule
