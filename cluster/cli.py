@@ -2,6 +2,7 @@
 
     gobig train  [CONFIG] [key=value ...] [--address ADDR]   train on Ray (local by default)
     gobig resume RUN_DIR  [key=value ...] [--address ADDR]   continue a run
+                 (both: --verbose shows Ray's own output too; it is always in RUN_DIR/ray.log)
     gobig verify RUN_DIR                                     check a run's checkpoints
     gobig submit --address http://HEAD:8265 [CONFIG] [key=value ...] [--no-wait]
     gobig jobs   list|status|logs|stop [JOB_ID] --address http://HEAD:8265
@@ -9,6 +10,7 @@
     gobig export RUN_OR_CHECKPOINT --out DIR                 safetensors + config
     gobig generate RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT  sample text from a GPT
     gobig eval RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE     metrics over a whole dataset
+    gobig report RUN [RUN ...] --out DIR                     plots and an HTML page of runs
     gobig data   tokenizer|text|images ...                   prepare data
     gobig config [CONFIG] [key=value ...]                    print the resolved config
 
@@ -79,12 +81,13 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from train.run_dir import default_run_name, new_run_dir
 
     address, args = pop_option(ns.args, "--address")
+    verbose, args = pop_flag(args, "--verbose")
     path, overrides = split_config_and_overrides(args)
     config = load_config(path, overrides)
     run_dir = new_run_dir(config, default_run_name(config))
     from cluster.launch import run_training
 
-    return run_training(config, run_dir, cluster_address(config, address))
+    return run_training(config, run_dir, cluster_address(config, address), verbose=verbose)
 
 
 def _cmd_resume(ns: argparse.Namespace) -> int:
@@ -92,6 +95,7 @@ def _cmd_resume(ns: argparse.Namespace) -> int:
     from train.run_dir import load_run_config
 
     address, args = pop_option(ns.args, "--address")
+    verbose, args = pop_flag(args, "--verbose")
     if not args or "=" in args[0]:
         raise UsageError("usage: gobig resume RUN_DIR [dotted.key=value ...]")
     from train.checkpoint.location import is_uri
@@ -100,7 +104,9 @@ def _cmd_resume(ns: argparse.Namespace) -> int:
     config = load_run_config(run_dir, overrides)
     from cluster.launch import run_training
 
-    return run_training(config, run_dir, cluster_address(config, address), resuming=True)
+    return run_training(
+        config, run_dir, cluster_address(config, address), resuming=True, verbose=verbose
+    )
 
 
 def _cmd_verify(ns: argparse.Namespace) -> int:
@@ -173,6 +179,12 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     return eval_main(ns.args)
 
 
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from train.report import main as report_main
+
+    return report_main(ns.args)
+
+
 def _cmd_data(ns: argparse.Namespace) -> int:
     from data_pipeline.cli import main as data_main
 
@@ -180,10 +192,12 @@ def _cmd_data(ns: argparse.Namespace) -> int:
 
 
 CONFIG_ARGS = "[CONFIG.yaml] [dotted.key=value ...] [--address ADDR]"
+# --verbose: Ray's own output on the console too (it always goes to RUN_DIR/ray.log).
+RUN_ARGS = CONFIG_ARGS + " [--verbose]"
 COMMANDS = {
-    "train": ("train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, CONFIG_ARGS),
+    "train": ("train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, RUN_ARGS),
     "resume": ("continue a run from its newest complete checkpoint", _cmd_resume,
-               "RUN_DIR [dotted.key=value ...] [--address ADDR]"),
+               "RUN_DIR [dotted.key=value ...] [--address ADDR] [--verbose]"),
     "verify": ("check every checkpoint of a run: intact, incomplete or corrupt (exit 1 "
                "if the newest is not usable)", _cmd_verify, "RUN_DIR"),
     "submit": ("submit a training job to a Ray cluster", _cmd_submit,
@@ -204,6 +218,8 @@ COMMANDS = {
     "eval": ("a trained model's metrics over a whole dataset split", _cmd_eval,
              "RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE [--split val|train] [--batch-size N] "
              "[--max-batches N] [--json FILE] [--device DEV]"),
+    "report": ("plots of runs' metrics.jsonl and one self-contained HTML page", _cmd_report,
+               "RUN [RUN ...] --out DIR"),
     "data": ("prepare data: tokenizer | text | images", _cmd_data, "tokenizer|text|images ..."),
     "config": ("print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]"),
 }  # fmt: skip

@@ -6,7 +6,8 @@ A user error a worker raises (a GobigError: a model that does not fit the
 data, a checkpoint that cannot be resumed) ends the run as one line, exit
 status 2, as it would in `python -m train`.
 Ctrl-C or SIGTERM asks the workers to checkpoint and stop; a second one
-aborts.
+aborts. The console shows the workers' own lines; Ray's output goes to
+RUN_DIR/ray.log (and to the console too with --verbose: cluster/console.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def run_training(
     run_dir: Path | str,
     address: str | None = None,
     resuming: bool = False,
+    verbose: bool = False,
 ) -> int:
     """Run (or continue) `config` in `run_dir` on Ray; returns the exit code.
 
@@ -50,9 +52,12 @@ def run_training(
         run_dir: the run directory (created if new): a path or a URI.
         address: Ray cluster address; None for an embedded local Ray.
         resuming: continue from the newest complete checkpoint.
+        verbose: print Ray's own output too (it always goes to RUN_DIR/ray.log).
     """
+    from cluster.console import RAY_LOG_FILE, RunConsole, failure_line
     from cluster.ray_session import check_reachable, ray_session
     from train.checkpoint.location import is_uri
+    from train.checkpoint.storage import RunStorage
 
     config = absolute_paths(config)
     if not is_uri(run_dir):  # a URI (s3://, gs://, file://) is passed on as it is
@@ -61,7 +66,12 @@ def run_training(
         check_reachable(address)  # before seconds of data preparation
     _prepare_data(config)
     print(f"gobig: run directory {run_dir}", flush=True)
-    with ray_session(config, address) as session:
+    ray_log = RunStorage(run_dir).local / RAY_LOG_FILE  # a URI run's: in its local staging
+    with (
+        RunConsole(ray_log.parent, address, verbose) as console,
+        ray_session(config, address) as session,
+    ):
+        console.follow_workers()
         print(
             f"gobig: {'resuming' if resuming else 'training'} {config.model.name} with "
             f"{config.cluster.num_workers} worker(s), ZeRO-{config.zero.stage}, "
@@ -69,11 +79,15 @@ def run_training(
             flush=True,
         )
         error = _fit_on_ray(config, run_dir, loopback=session.embedded)
+        console.drain()  # the workers' last lines, before the summary
+        if error is not None:
+            console.log.write(f"gobig: the run failed: {type(error).__name__}: {error}")
     if error is not None:
         user_error = worker_user_error(error)
         if user_error is not None:
             return report_error("gobig", user_error)
-        print(f"gobig: error: training failed: {error}", file=sys.stderr)
+        print(f"gobig: error: training failed: {failure_line(error)}", file=sys.stderr)
+        print(f"gobig: Ray's logs of the run: {ray_log}", file=sys.stderr)
         print(f"gobig: continue from the last checkpoint with: gobig resume {run_dir}",
               file=sys.stderr)  # fmt: skip
         return 1

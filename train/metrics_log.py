@@ -1,4 +1,4 @@
-"""Where metrics go: one compact console line and metrics.jsonl.
+"""Where metrics go: one compact console line (rates and the time left) and metrics.jsonl.
 
 Record kinds: "train", "eval" and "samples" (W&B gets these too, through its callback),
 "startup" (per-attempt start-up timings), "checkpoint" (how long each save
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from train.progress import StepClock, format_duration
 from train.startup import format_startup_line
 
 METRICS_FILE = "metrics.jsonl"
@@ -31,7 +32,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def format_train_line(record: dict[str, Any], max_steps: int) -> str:
+def format_train_line(record: dict[str, Any], max_steps: int, eta_s: float | None = None) -> str:
     unit = "img" if "samples_per_s" in record and "tokens_per_s" not in record else "tok"
     rate = record.get("tokens_per_s", record.get("samples_per_s", 0.0))
     parts = [
@@ -45,6 +46,8 @@ def format_train_line(record: dict[str, Any], max_steps: int) -> str:
         f"{1000 * record['step_time_s']:.0f} ms/step",
         f"mem {record['peak_mem_gb']:.2f} GB",
     ]
+    if eta_s is not None:
+        parts.append(f"eta {format_duration(eta_s)}")
     return " | ".join(parts)
 
 
@@ -73,7 +76,7 @@ class MetricsLog:
 
     Args:
         run_dir: the run directory holding metrics.jsonl.
-        max_steps: for the console line's progress.
+        max_steps: for the console line's progress and time left (ETA).
         enabled: False on ranks other than 0.
     """
 
@@ -82,6 +85,7 @@ class MetricsLog:
         self.max_steps = max_steps
         self.enabled = enabled
         self.wandb_last_step = -1
+        self.clock = StepClock()
 
     def rewind_to(self, step: int) -> None:
         """Forget records after `step`; W&B keeps what it has and skips up to it."""
@@ -89,6 +93,7 @@ class MetricsLog:
             return
         records = read_metrics(self.path.parent)
         self.wandb_last_step = max((r["step"] for r in records), default=-1)
+        self.clock = StepClock()  # the steps since `step` are trained again
         kept = [r for r in records if r["step"] <= step or r["kind"] == "anomaly"]
         if len(kept) != len(records):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -100,7 +105,9 @@ class MetricsLog:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if record["kind"] == "train":
-            print(format_train_line(record, self.max_steps), flush=True)
+            self.clock.tick(record["step"], record.get("step_time_s"))
+            eta = self.clock.eta_s(record["step"], self.max_steps)
+            print(format_train_line(record, self.max_steps, eta), flush=True)
         elif record["kind"] == "eval":
             print(format_eval_line(record), flush=True)
         elif record["kind"] == "checkpoint":
