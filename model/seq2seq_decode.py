@@ -18,15 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from model.attention import KVCache
 
-if TYPE_CHECKING:
-    from model.seq2seq import Seq2Seq
+# The model is a `model.seq2seq.Seq2Seq`; importing it here would be a cycle.
+Seq2Seq = Any
 
 
 @dataclass
