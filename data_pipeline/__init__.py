@@ -1,5 +1,6 @@
 """gobig data pipeline: sentencepiece tokenizer, WebDataset shard writers, and resumable,
-elastic streaming loaders for GPT, BERT and ViT. No Ray or DeepSpeed needed.
+elastic streaming loaders for GPT, BERT (masked-LM and sequence classification) and ViT.
+No Ray or DeepSpeed needed.
 
 The public names load on first use (PEP 562), so `data_pipeline.errors` (the one base
 of gobig's user-facing errors) can be imported without torch or webdataset.
@@ -16,6 +17,7 @@ from data_pipeline.errors import DataError, ShardError
 
 if TYPE_CHECKING:
     from data_pipeline.image_shards import write_image_shards
+    from data_pipeline.labelled_text import write_labelled_shards
     from data_pipeline.loader import LoaderConfig, StreamingLoader, build_loader
     from data_pipeline.manifest import Manifest, ShardInfo, load_manifest
     from data_pipeline.sources import prepare_source, resolve_source
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 # public name -> the module that defines it
 _SOURCES = {
     "write_image_shards": "data_pipeline.image_shards",
+    "write_labelled_shards": "data_pipeline.labelled_text",
     "LoaderConfig": "data_pipeline.loader",
     "StreamingLoader": "data_pipeline.loader",
     "build_loader": "data_pipeline.loader",
@@ -52,6 +55,7 @@ __all__ = [
     "resolve_source",
     "train_tokenizer",
     "write_image_shards",
+    "write_labelled_shards",
     "write_text_shards",
 ]
 

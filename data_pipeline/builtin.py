@@ -1,10 +1,16 @@
-"""Built-in corpora every machine has, prepared (tokenizer + shards) on first use.
+"""Built-in datasets, prepared (tokenizer + shards) on first use.
 
 `builtin:stdlib` is the Python standard library's own `.py` sources (docs included: the
 `pydoc_data` topics), found via `sysconfig`, sorted, tests and site-packages left out, up
-to 12 MB. `builtin:stdlib-mini` is its first 1 MB, for smoke tests. Preparation trains a
-4096-piece BPE tokenizer and writes shards with 5% validation documents; it takes a few
-seconds on two cores.
+to 12 MB: a corpus every machine has. `builtin:stdlib-mini` is its first 1 MB, for smoke
+tests. Preparation trains a 4096-piece BPE tokenizer and writes shards with 5% validation
+documents; it takes a few seconds on two cores.
+
+`builtin:sst2` is SST-2 (movie-review sentences labelled 0 negative, 1 positive) from the
+shared data folder beside the repository (`../shared/data/sst2/{train,dev}.tsv`, or
+`$GOBIG_SHARED_DATA/sst2`): a 4096-piece BPE tokenizer trained on train.tsv, then
+classification shards with dev.tsv as the validation split, exactly what
+`gobig data tokenizer` and `gobig data text --labels` make of them (about 5 s).
 
 The cache directory is `<root>/<name>-<fingerprint>` where root is the `cache_dir`
 argument, else `$GOBIG_CACHE/data`, else `~/.cache/gobig/data`, and the fingerprint hashes
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.errors import DataError
+from data_pipeline.labelled_text import write_labelled_shards
 from data_pipeline.manifest import MANIFEST_FILE
 from data_pipeline.text_shards import write_text_shards
 from data_pipeline.tokenizer import train_tokenizer
@@ -43,11 +50,77 @@ class BuiltinCorpus:
     val_fraction: float = 0.05
     shard_size: str = "4MB"
 
+    def files(self) -> list[Path]:
+        """The input files (their names and bytes make the cache's fingerprint)."""
+        return stdlib_files(self.max_bytes)
 
-BUILTINS = {
+    def build(self, files: list[Path], tmp: Path, progress: bool) -> Path:
+        """Write the dataset under `tmp`; its directory."""
+        tok = train_tokenizer(
+            files, tmp / "tok", vocab_size=self.vocab_size, model_type="bpe", num_threads=2
+        )
+        write_text_shards(
+            [str(f) for f in files],
+            tok.path,
+            tmp / "ds",
+            val_fraction=self.val_fraction,
+            shard_size=self.shard_size,
+            doc_split="file",
+            progress=progress,
+        )
+        return tmp / "ds"
+
+
+@dataclass(frozen=True)
+class LabelledCorpus:
+    """A labelled dataset of the shared data folder: `text<TAB>label` training and
+    validation files, a BPE tokenizer trained on the training file."""
+
+    folder: str
+    train: str
+    val: str
+    vocab_size: int = 4096
+    shard_size: str = "64MB"
+
+    def files(self) -> list[Path]:
+        """[training file, validation file]."""
+        base = shared_data_dir() / self.folder
+        paths = [base / self.train, base / self.val]
+        for path in paths:
+            if not path.is_file():
+                raise DataError(
+                    f"built-in dataset {self.folder} needs {path} (the shared data folder "
+                    "beside the repository; set GOBIG_SHARED_DATA to where it is)"
+                )
+        return paths
+
+    def build(self, files: list[Path], tmp: Path, progress: bool) -> Path:
+        """Write the dataset under `tmp`; its directory."""
+        train, val = files
+        tok = train_tokenizer(
+            [train], tmp / "tok", vocab_size=self.vocab_size, model_type="bpe", num_threads=2
+        )
+        # one process: this may run inside a training worker, whose threads make fork unsafe
+        write_labelled_shards(
+            [str(train)], tok.path, tmp / "ds", val_inputs=[str(val)],
+            shard_size=self.shard_size, workers=1, progress=progress,
+        )  # fmt: skip
+        return tmp / "ds"
+
+
+BUILTINS: dict[str, BuiltinCorpus | LabelledCorpus] = {
     "stdlib": BuiltinCorpus(max_bytes=12_000_000),
     "stdlib-mini": BuiltinCorpus(max_bytes=1_000_000, vocab_size=1024, shard_size="256KB"),
+    "sst2": LabelledCorpus("sst2", train="train.tsv", val="dev.tsv"),
 }
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: $GOBIG_SHARED_DATA, else `../shared/data` beside the
+    repository (where tests, benchmarks and recipes find their datasets)."""
+    if os.environ.get("GOBIG_SHARED_DATA"):
+        return Path(os.environ["GOBIG_SHARED_DATA"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -78,7 +151,7 @@ def stdlib_files(max_bytes: int) -> list[Path]:
     return files
 
 
-def _fingerprint(files: list[Path], corpus: BuiltinCorpus) -> str:
+def _fingerprint(files: list[Path], corpus: BuiltinCorpus | LabelledCorpus) -> str:
     h = hashlib.sha256(f"{PREP_VERSION}|{corpus}".encode())
     for path in files:
         h.update(path.name.encode())
@@ -92,14 +165,14 @@ def prepare_builtin(
     """Path of the prepared dataset directory of built-in corpus `name` (built if needed).
 
     Args:
-        name: "stdlib" or "stdlib-mini".
+        name: "stdlib", "stdlib-mini" or "sst2".
         cache_dir: cache root (see module docstring).
         progress: show progress bars while preparing.
     """
     if name not in BUILTINS:
         raise DataError(f"unknown built-in source {name!r} (known: {', '.join(BUILTINS)})")
     corpus = BUILTINS[name]
-    files = stdlib_files(corpus.max_bytes)
+    files = corpus.files()
     root = cache_root(cache_dir)
     final = root / f"{name}-{_fingerprint(files, corpus)}"
     if (final / MANIFEST_FILE).is_file():
@@ -111,21 +184,10 @@ def prepare_builtin(
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
         try:
-            tok = train_tokenizer(
-                files, tmp / "tok", vocab_size=corpus.vocab_size, model_type="bpe", num_threads=2
-            )
-            write_text_shards(
-                [str(f) for f in files],
-                tok.path,
-                tmp / "ds",
-                val_fraction=corpus.val_fraction,
-                shard_size=corpus.shard_size,
-                doc_split="file",
-                progress=progress,
-            )
+            built = corpus.build(files, tmp, progress)
             if final.exists():  # a broken earlier attempt (no manifest): replace it
                 shutil.rmtree(final)
-            os.rename(tmp / "ds", final)
+            os.rename(built, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -3,6 +3,8 @@
     gobig data tokenizer --input PATH... --vocab-size N --model-type bpe --out DIR
     gobig data text --input PATH_OR_GLOB... --tokenizer MODEL --out DIR [--val-fraction F]
                     [--val-split spread|tail] [--seed N | --no-shuffle]
+    gobig data text --labels [A,B,...] --input FILE... [--val FILE... | --val-fraction F]
+                    [--header] --tokenizer MODEL --out DIR      (text<TAB>label or .jsonl)
     gobig data images --input FOLDER_OR_TAR --out DIR [--image-size N] [--val-fraction F]
                       [--store auto|raw|encoded] [--seed N | --no-shuffle]
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_pipeline.errors import GobigError, report_error
+from data_pipeline.errors import DataError, GobigError, report_error
 
 
 def _add_order_options(parser: argparse.ArgumentParser) -> None:
@@ -61,14 +63,31 @@ def _parser() -> argparse.ArgumentParser:
     text.add_argument(
         "--split-docs",
         choices=("file", "paragraph", "line"),
-        default="file",
-        help="what one document is (.jsonl: always one per line)",
+        default=None,
+        help="what one document is (default: file; .jsonl: always one per line)",
     )
     text.add_argument(
         "--val-split",
         choices=("spread", "tail"),
-        default="spread",
-        help="validation = every 1/F-th document (spread) or the last F of the text (tail)",
+        default=None,
+        help="validation = every 1/F-th document (spread, the default) or the last F of "
+        "the text (tail)",
+    )
+    text.add_argument(
+        "--labels",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="A,B,...",
+        help="labelled text for sequence classification: one sample per line, "
+        "text<TAB>label (.jsonl: {'text', 'label'}); label ids follow the names given, "
+        "else the training labels sorted (numerically when all are integers)",
+    )
+    text.add_argument(
+        "--val", nargs="+", default=None, metavar="FILE", help="with --labels: validation files"
+    )
+    text.add_argument(
+        "--header", action="store_true", help="with --labels: skip each TSV file's first line"
     )
     _add_order_options(text)
     text.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
@@ -110,17 +129,21 @@ def _run(args: argparse.Namespace) -> str:
             max_sentences=args.max_sentences,
         )
         return f"tokenizer {tok.path}: vocab {tok.vocab_size}, hash {tok.hash}"
+    if args.command == "text" and args.labels is not None:
+        return _write_labelled(args)
     if args.command == "text":
         from data_pipeline.text_shards import write_text_shards
 
+        if args.val or args.header:
+            raise DataError(f"{'--val' if args.val else '--header'} needs --labels")
         man = write_text_shards(
             args.input,
             args.tokenizer,
             args.out,
             val_fraction=args.val_fraction,
             shard_size=args.shard_size,
-            doc_split=args.split_docs,
-            val_split=args.val_split,
+            doc_split=args.split_docs or "file",
+            val_split=args.val_split or "spread",
             shuffle_seed=_shuffle_seed(args),
             workers=args.workers,
             progress=not args.quiet,
@@ -149,6 +172,33 @@ def _run(args: argparse.Namespace) -> str:
     splits = man.to_json()["splits"]
     return f"{args.out}: {len(man.classes)} classes, " + ", ".join(
         f"{s} {v['shards']} shards {v['samples']} images" for s, v in splits.items()
+    )
+
+
+def _write_labelled(args: argparse.Namespace) -> str:
+    from data_pipeline.labelled_text import parse_label_list, write_labelled_shards
+
+    for flag, value in (("--split-docs", args.split_docs), ("--val-split", args.val_split)):
+        if value is not None:
+            raise DataError(f"{flag} does not apply to --labels (one sample per line)")
+    man = write_labelled_shards(
+        args.input,
+        args.tokenizer,
+        args.out,
+        labels=parse_label_list(args.labels) if args.labels else None,
+        val_inputs=args.val,
+        val_fraction=args.val_fraction,
+        header=args.header,
+        shard_size=args.shard_size,
+        shuffle_seed=_shuffle_seed(args),
+        workers=args.workers,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    doc = man.to_json()
+    return f"{args.out}: {len(man.classes)} labels ({', '.join(man.classes)}), " + ", ".join(
+        f"{s} {v['shards']} shards {v['samples']} samples {v['tokens']} tokens"
+        for s, v in doc["splits"].items()
     )
 
 

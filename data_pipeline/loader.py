@@ -1,4 +1,5 @@
-"""Streaming loaders for GPT, BERT and ViT batches with exact, elastic resume.
+"""Streaming loaders for GPT, BERT, ViT and sequence-classification batches with exact,
+elastic resume.
 
     loader = build_loader("gpt", "builtin:stdlib", split="train", batch_size=16,
                           seq_len=128, rank=rank, world_size=world, seed=0, num_workers=2)
@@ -24,15 +25,16 @@ from dataclasses import dataclass, fields
 
 from torch.utils.data import DataLoader
 
+from data_pipeline.classify import CLASSIFY_KIND, ClassifySpec
 from data_pipeline.errors import DataError, ShardError
 from data_pipeline.items import start_cursor
 from data_pipeline.label_mix import check_label_mix
-from data_pipeline.producer import DEFAULT_BLOCK, Plan, Producer
+from data_pipeline.producer import DEFAULT_BLOCK, RECORD_KINDS, Plan, Producer
 from data_pipeline.sources import check_tokenizer, resolve_source
 from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, BertSpec, VitSpec, to_tensors
 
-KINDS = ("gpt", "bert", "vit")
+KINDS = ("gpt", "bert", "vit", CLASSIFY_KIND)
 STATE_VERSION = 1
 
 
@@ -82,7 +84,8 @@ class LoaderConfig:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        min_len = {"gpt": 1, "bert": 5 if self.pairs else 3, "vit": 0}[self.kind]
+        min_len = {"gpt": 1, "bert": 5 if self.pairs else 3, "vit": 0, CLASSIFY_KIND: 3}
+        min_len = min_len[self.kind]
         if self.seq_len < min_len:
             raise ValueError(
                 f"data.seq_len must be at least {min_len} for {self.kind}, got {self.seq_len}"
@@ -101,7 +104,9 @@ class StreamingLoader:
     Batch keys: gpt {"input_ids", "labels"} (LongTensor [B, T], labels = inputs shifted by
     one); bert {"input_ids", "token_type_ids", "attention_mask", "labels" (-100 where not
     selected)} plus "pair_labels" [B] when `pairs`; vit {"images" FloatTensor [B, 3, H, W]
-    normalised, "labels" LongTensor [B]}.
+    normalised, "labels" LongTensor [B]}; bert-cls {"input_ids", "attention_mask",
+    "token_type_ids" [B, T] padded to the batch's longest row, "class_labels" [B]}
+    (classify.py).
 
     Each `iter()` continues from the current state. In infinite mode it never ends; in
     finite mode it yields the rest of the current epoch and the state moves to the next.
@@ -120,6 +125,12 @@ class StreamingLoader:
             raise DataError(
                 f"manifest {man.url} describes {man.kind} shards; "
                 f"data.kind {cfg.kind!r} needs {want} shards"
+            )
+        if cfg.kind == CLASSIFY_KIND and not man.classes:
+            raise DataError(
+                f"manifest {man.url} describes text shards without labels; data.kind "
+                f"{cfg.kind!r} (sequence classification: a BERT with model.num_labels > 0) "
+                "needs labelled text, written by `gobig data text --labels`"
             )
         self._skip_keys: set[tuple[int, str]] = set()
         self.stats = {
@@ -164,6 +175,11 @@ class StreamingLoader:
                     cfg.mask_prob,
                     cfg.pairs,
                 )
+            if cfg.kind == CLASSIFY_KIND:
+                if None in (tok.cls_id, tok.sep_id):
+                    raise DataError(f"tokenizer {tok.path} lacks [CLS]/[SEP] pieces")
+                pad = tok.pad_id if tok.pad_id >= 0 else 0  # padding is masked: any id does
+                plan_extra["classify"] = ClassifySpec(tok.cls_id, tok.sep_id, pad, len(man.classes))
         else:
             size = cfg.image_size or man.image_size
             augment = train if cfg.augment is None else cfg.augment
@@ -215,7 +231,7 @@ class StreamingLoader:
 
     @property
     def classes(self) -> list[str]:
-        """Class names (vit)."""
+        """Class names (vit), label names (labelled text); [] for unlabelled text."""
         return list(self.manifest.classes)
 
     @property
@@ -226,7 +242,7 @@ class StreamingLoader:
     def items_per_epoch(self) -> int:
         """Global items (rows) per epoch from the manifest counts (no shard skipped)."""
         p = self.plan
-        if p.kind == "vit":
+        if p.kind in RECORD_KINDS:
             return sum(s.samples for s in p.shards)
         stream = sum(s.tokens + s.samples for s in p.shards)  # + one separator per document
         length = p.seq_len + 1 if p.kind == "gpt" else p.seq_len - (3 if p.bert.pairs else 2)
@@ -327,7 +343,7 @@ def build_loader(kind: str, source: str, **options) -> StreamingLoader:
     """A streaming loader; see `LoaderConfig` for the options.
 
     Args:
-        kind: "gpt", "bert" or "vit".
+        kind: "gpt", "bert", "vit" or "bert-cls" (sequence classification).
         source: `builtin:NAME`, a dataset directory, a manifest URL or shard URLs
             (brace patterns, http(s)://, pipe:).
         **options: any `LoaderConfig` field (split, batch_size, seq_len, rank, world_size,

@@ -7,6 +7,7 @@ Schema (format "gobig-shards", version 1)::
       "kind": "text" | "image",
       "tokenizer": {"hash": "...", "vocab_size": 4096, "file": "tokenizer.model"},  # text
       "dtype": "uint16" | "uint32",                                                 # text
+      "classes": ["0", "1"], "class_counts": {...},                                 # labelled text
       "classes": ["airplane", ...], "image_size": 32 | null,                         # image
       "class_counts": {"train": [..per class..], "val": [...]},                      # image
       "shuffle_seed": 0 | null,   # seed of the written order (null: input order)
@@ -17,6 +18,8 @@ Schema (format "gobig-shards", version 1)::
       ]
     }
 
+Labelled text (`gobig data text --labels`) is kind "text" plus `classes`, the label names
+(a sample's `cls` member is the index into them), and `class_counts`, as images have.
 Shard names are relative to the manifest's location (a directory, an http(s) base or the
 argument of a `pipe:` command). `samples` counts WebDataset samples, `tokens` counts token
 ids (text; document separators not included).
@@ -80,6 +83,8 @@ class Manifest:
         doc: dict = {"format": FORMAT, "version": VERSION, "kind": self.kind}
         if self.kind == "text":
             doc.update(tokenizer=self.tokenizer, dtype=self.dtype)
+            if self.classes:  # labelled text
+                doc.update(classes=self.classes, class_counts=self.class_counts)
         else:
             doc.update(
                 classes=self.classes, image_size=self.image_size, class_counts=self.class_counts

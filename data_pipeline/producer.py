@@ -30,6 +30,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from data_pipeline.classify import (
+    CLASSIFY_KIND,
+    ClassifySpec,
+    classify_batch,
+    classify_row,
+    decode_labelled,
+)
 from data_pipeline.errors import DataError, ShardError
 from data_pipeline.items import PackedItems, RecordItems, start_cursor
 from data_pipeline.order import RecordStream, ShardRef
@@ -46,6 +53,7 @@ from data_pipeline.transforms import (
 )
 
 DEFAULT_BLOCK = 1024  # records per order block when shuffle_buffer is 0
+RECORD_KINDS = ("vit", CLASSIFY_KIND)  # an item is a record (no packing)
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Plan:
     num_classes: int = 0
     bert: BertSpec | None = None
     vit: VitSpec | None = None
+    classify: ClassifySpec | None = None
 
     # -- per-kind pieces ------------------------------------------------------------
     def decoder(self) -> Callable[[dict], Any]:
@@ -81,6 +90,12 @@ class Plan:
 
             return decode_image
         dtype = np.dtype(self.dtype).newbyteorder("<")
+        if self.kind == CLASSIFY_KIND:
+
+            def decode_labelled_text(sample: dict) -> tuple[np.ndarray, int]:
+                return decode_labelled(sample, dtype, self.vocab_size, self.classify.num_classes)
+
+            return decode_labelled_text
 
         def decode_tokens(sample: dict) -> np.ndarray:
             if "tokens.npy" not in sample:
@@ -100,7 +115,7 @@ class Plan:
             self.shards, self.seed, epoch, self.shuffle, block, self.decoder(),
             self.on_error, report, permute_samples=permute,
         )  # fmt: skip
-        if self.kind == "vit":
+        if self.kind in RECORD_KINDS:
             return RecordItems(stream)
         if self.kind == "gpt":
             length, stride = self.seq_len + 1, self.seq_len
@@ -116,6 +131,8 @@ class Plan:
             return payload
         if self.kind == "bert":
             return bert_row(payload, self.bert, transform_rng(self.seed, epoch, index))
+        if self.kind == CLASSIFY_KIND:
+            return classify_row(payload, self.classify, self.seq_len)
         data, cls, key = payload
         try:
             return vit_image(data, self.vit.image_size), cls, epoch, index
@@ -135,6 +152,8 @@ class Plan:
             return gpt_batch(rows)
         if self.kind == "bert":
             return bert_batch(rows, self.bert.pairs)
+        if self.kind == CLASSIFY_KIND:
+            return classify_batch(rows, self.classify.pad_id)
         return vit_batch(rows, self.vit, self.seed)
 
 

@@ -136,10 +136,15 @@ def parse_image(sample: dict, num_classes: int) -> tuple[bytes | np.ndarray, int
         data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None:
         raise ValueError(f"no image ({'/'.join((*IMAGE_KEYS, PIXELS_KEY))}) in sample")
+    return data, parse_class(sample, num_classes)
+
+
+def parse_class(sample: dict, num_classes: int) -> int:
+    """The class index of a sample's `cls` member (images, labelled text), checked."""
     try:
         cls = int(sample["cls"])
     except (KeyError, ValueError):
         raise ValueError("missing or non-integer 'cls'") from None
     if not 0 <= cls < max(num_classes, 1):
         raise ValueError(f"class index {cls} is outside 0..{num_classes - 1}")
-    return data, cls
+    return cls

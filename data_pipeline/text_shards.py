@@ -27,14 +27,15 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from data_pipeline.errors import DataError
-from data_pipeline.manifest import Manifest
+from data_pipeline.manifest import Manifest, ShardInfo
 from data_pipeline.shard_writer import SplitWriter, parse_size, prepare_out_dir, seeded_ranks
 from data_pipeline.tokenizer import INFO_FILE, MODEL_FILE, Tokenizer
 
@@ -115,13 +116,17 @@ def _init_worker(model_path: str) -> None:
     _worker_tok = Tokenizer(model_path)
 
 
-def _encode_doc(split_text: tuple[str, str]) -> tuple[str, bytes, int]:
+# A record to tokenize: (split, text, the record's other fields, e.g. a label's "cls").
+TextRecord = tuple[str, str, dict[str, bytes]]
+
+
+def _encode_doc(record: TextRecord) -> tuple[str, dict[str, bytes], int]:
     assert _worker_tok is not None
-    split, text = split_text
+    split, text, extra = record
     ids = np.asarray(_worker_tok.encode(text), dtype=token_dtype(_worker_tok.vocab_size))
     buf = io.BytesIO()
     np.save(buf, ids, allow_pickle=False)
-    return split, buf.getvalue(), int(ids.size)
+    return split, {"tokens.npy": buf.getvalue(), **extra}, int(ids.size)
 
 
 def is_val(index: int, val_fraction: float) -> bool:
@@ -200,12 +205,28 @@ def write_text_shards(
     max_bytes = parse_size(shard_size)
     files = expand_inputs(inputs)
     out = prepare_out_dir(out_dir, overwrite)
+    docs = split_documents(files, doc_split, val_fraction, val_split, shuffle_seed)
+    records = ((split, text, {}) for split, text in docs)
+    shards = write_records(out, tok, records, max_bytes, shuffle_seed, workers, progress)
+    if not shards:
+        raise DataError("the inputs hold no documents (all empty)")
+    manifest = text_manifest(tok, shards, shuffle_seed)
+    manifest.save(out)
+    return manifest
+
+
+def write_records(
+    out: Path, tok: Tokenizer, records: Iterable[TextRecord], max_bytes: int,
+    shuffle_seed: int | None, workers: int | None, progress: bool,
+) -> list[ShardInfo]:  # fmt: skip
+    """Tokenize `records` in a process pool (ordered, so the output is the same whatever
+    `workers` is) into `out`'s train and val shards, plus a copy of the tokenizer; the
+    shards written. The caller writes the manifest, last."""
     shutil.copyfile(tok.path, out / MODEL_FILE)
     (out / INFO_FILE).write_text(json.dumps(tok.info(), indent=2, sort_keys=True) + "\n")
     writers = {
         s: SplitWriter(out, s, max_bytes, 9, tok.hash, shuffle_seed) for s in ("train", "val")
     }
-    docs = split_documents(files, doc_split, val_fraction, val_split, shuffle_seed)
     workers = max(1, workers or os.cpu_count() or 1)
     if multiprocessing.current_process().daemon:  # daemons (DataLoader workers) can't fork
         workers = 1
@@ -214,27 +235,31 @@ def write_text_shards(
     if workers > 1:
         ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok.path),))
-        encoded = pool.imap(_encode_doc, docs, chunksize=8)
+        encoded = pool.imap(_encode_doc, records, chunksize=8)
     else:
         _init_worker(str(tok.path))
-        encoded = map(_encode_doc, docs)
+        encoded = map(_encode_doc, records)
     try:
-        for split, npy, n_tokens in encoded:
-            writers[split].add({"tokens.npy": npy}, tokens=n_tokens)
+        for split, fields, n_tokens in encoded:
+            writers[split].add(fields, tokens=n_tokens)
             bar.update(1)
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-    shards = writers["train"].close() + writers["val"].close()
-    if not shards:
-        raise DataError("the inputs hold no documents (all empty)")
-    manifest = Manifest(
+    return writers["train"].close() + writers["val"].close()
+
+
+def text_manifest(
+    tok: Tokenizer, shards: list[ShardInfo], shuffle_seed: int | None, **labels: Any
+) -> Manifest:
+    """The manifest of text shards made with `tok` (`labels`: classes and class_counts of
+    labelled text)."""
+    return Manifest(
         kind="text",
         shards=shards,
         dtype=token_dtype(tok.vocab_size).name,
         tokenizer={"hash": tok.hash, "vocab_size": tok.vocab_size, "file": MODEL_FILE},
         shuffle_seed=shuffle_seed,
+        **labels,
     )
-    manifest.save(out)
-    return manifest

@@ -3,7 +3,7 @@
 Loaders come from data_pipeline; this module maps `data.*`, `model.*` and
 `train.*` keys onto their options (the family adds its own,
 train/families.py) and checks that data and model agree (vocabulary, image
-size, classes) before any step is taken.
+size, classes or labels) before any step is taken.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from data_pipeline import build_loader
+from train.config.load import ConfigError
 from train.config.schema import ExperimentConfig
 from train.distributed import DistInfo
 from train.families import family_of
@@ -31,7 +32,7 @@ class EvalBatches:
 
 def build_loaders(config: ExperimentConfig, dist: DistInfo) -> tuple[Any, EvalBatches]:
     """This rank's (train loader, validation batches)."""
-    family = family_of(config.model.family)
+    family = family_of(config.model)
     common: dict[str, Any] = dict(
         batch_size=config.train.micro_batch_size,
         rank=dist.rank,
@@ -50,4 +51,9 @@ def build_loaders(config: ExperimentConfig, dist: DistInfo) -> tuple[Any, EvalBa
     val_common = {**common, "num_workers": 0, "shuffle": True, **family.val_loader_options()}
     val_loader = build_loader(family.name, val_source, split="val", **val_common)
     family.check_fits_data(config, train_loader)
+    if val_loader.classes != train_loader.classes:  # a class index must mean one class
+        raise ConfigError(
+            f"the validation data {val_source} has classes {val_loader.classes}, the "
+            f"training data {config.data.source} has {train_loader.classes}"
+        )
     return train_loader, EvalBatches(val_loader)

@@ -128,7 +128,7 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path, fmt: str = "gobig"
         "task": family_of(model_config.family).task,
     }
     try:
-        tokenizer = run_tokenizer(meta)
+        tokenizer = run_tokenizer(meta, ckpt)
     except ExportError as exc:  # the weights are still worth having
         print(f"gobig: warning: export without a tokenizer: {exc}", file=sys.stderr)
         tokenizer = None
@@ -150,10 +150,11 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path, fmt: str = "gobig"
     return ckpt
 
 
-def run_tokenizer(meta: dict[str, Any]) -> Path | None:
-    """The tokenizer a checkpoint was trained with: the configured `data.tokenizer`
-    or the dataset's own, if it is still where the run found it and its hash is the
-    one the checkpoint recorded. None for a run without a tokenizer (images)."""
+def run_tokenizer(meta: dict[str, Any], ckpt: Path | None = None) -> Path | None:
+    """The tokenizer a checkpoint was trained with: the run directory's copy, or
+    the configured `data.tokenizer` or the dataset's own if it is still where the
+    run found it; in each case only with the hash the checkpoint recorded. None
+    for a run without a tokenizer (images)."""
     want = meta.get("tokenizer_hash")
     if not want:
         return None
@@ -161,8 +162,10 @@ def run_tokenizer(meta: dict[str, Any]) -> Path | None:
     from data_pipeline import resolve_source
     from data_pipeline.errors import DataError
     from data_pipeline.tokenizer import file_hash
+    from train.run_dir import TOKENIZER_COPY
 
-    candidates = [data.get("tokenizer")]
+    # a checkpoint lives in RUN/checkpoints/NAME
+    candidates = [ckpt.parent.parent / TOKENIZER_COPY if ckpt else None, data.get("tokenizer")]
     with contextlib.suppress(DataError, OSError, ValueError):
         candidates.append(resolve_source(data.get("source", ""), "train").tokenizer_path)
     for path in filter(None, candidates):

@@ -2,18 +2,24 @@
 
 The Trainer, the loaders, evaluation and export ask the family; nothing in
 train/ branches on the family's name. A new family is a new class here and
-an entry in FAMILIES (its model lives in model/).
+an entry in FAMILIES (its model lives in model/). A family whose models can
+carry another task's head hands that task to its own object (`for_model`): a
+BERT with `model.num_labels > 0` is a sequence classifier
+(`BertClassifierFamily`), trained on labelled text, not a masked-LM.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from train.config.load import ConfigError
 from train.config.schema import ExperimentConfig
+
+if TYPE_CHECKING:
+    from model.config import ModelConfig
 
 IGNORE = -100  # label of a position that has no target
 
@@ -26,6 +32,10 @@ class Family:
     rate_key = "tokens_per_s"
     task = "causal-lm"  # recorded with an export
     generates_text = True  # `gobig generate` can sample from it
+
+    def for_model(self, model: ModelConfig) -> Family:
+        """The object for this model of the family (another head: another task)."""
+        return self
 
     def count_units(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["input_ids"].numel())
@@ -62,6 +72,25 @@ class BertFamily(Family):
     task = "masked-lm"
     generates_text = False
 
+    def for_model(self, model: ModelConfig) -> Family:
+        return BERT_CLASSIFIER if model.num_labels > 0 else self
+
+    def check_fits_data(self, config: ExperimentConfig, loader: Any) -> None:
+        super().check_fits_data(config, loader)
+        labels, wanted = loader.classes, config.model.num_labels
+        if labels and wanted > 0:  # a caller that chose the family by its name alone
+            raise ConfigError(
+                f"{config.data.source}: a BERT with model.num_labels={wanted} is a sequence "
+                "classifier; its family is family_of(config.model), not the masked-LM one"
+            )
+        if labels:  # most likely a fine-tuning run that forgot model.num_labels
+            raise ConfigError(
+                f"{config.data.source} holds labelled text ({len(labels)} labels: "
+                f"{_labels(labels)}) for sequence classification, but model.num_labels is 0 "
+                f"(a masked-LM BERT): set model.num_labels={len(labels)} to train a classifier "
+                "on it, or write the text without --labels to pretrain on it"
+            )
+
     def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
         if config.model.pair_head == "nsp":
             raise ConfigError(
@@ -84,6 +113,38 @@ class BertFamily(Family):
 
     def eval_metrics(self, loss: float, accuracy: float) -> dict[str, float]:
         return {"val_loss": loss, "val_masked_accuracy": accuracy}
+
+
+class BertClassifierFamily(Family):
+    """Sequence classification with a BERT (`model.num_labels > 0`) on labelled text:
+    one sample per text, [CLS] tokens [SEP] padded per batch, `class_labels` [B]. Its
+    evaluations report the loss and the accuracy over the texts."""
+
+    name = "bert-cls"  # the loader kind (data_pipeline/classify.py)
+    task = "sequence-classification"
+    generates_text = False
+
+    def check_fits_data(self, config: ExperimentConfig, loader: Any) -> None:
+        super().check_fits_data(config, loader)
+        labels, wanted = loader.classes, config.model.num_labels
+        if len(labels) != wanted:
+            raise ConfigError(
+                f"model.num_labels ({wanted}) differs from the {len(labels)} labels "
+                f"({_labels(labels)}) of {config.data.source}"
+            )
+
+    def eval_counts(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+        labels = batch["class_labels"]
+        n = labels.numel()
+        correct = (out.logits.argmax(-1) == labels).sum().item()
+        return out.loss.float().item() * n, n, float(correct)
+
+    def eval_metrics(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {"val_loss": loss, "val_accuracy": accuracy}
+
+
+def _labels(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 class VitFamily(Family):
@@ -123,13 +184,22 @@ class VitFamily(Family):
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Family(), BertFamily(), VitFamily())}
+BERT_CLASSIFIER = BertClassifierFamily()
 
 
-def family_of(name: str) -> Family:
-    """The family object of `model.family`."""
+def family_of(model: ModelConfig | str) -> Family:
+    """The family object of a model: its `model.family`'s, as its heads make it (a BERT
+    with num_labels > 0 gets the sequence-classification family). A bare family name
+    gives that family's own (pretraining) object.
+
+    Args:
+        model: the `model` section, or a `model.family` name.
+    """
+    name = model if isinstance(model, str) else model.family
     try:
-        return FAMILIES[name]
+        family = FAMILIES[name]
     except KeyError:
         raise ConfigError(
             f"model.family: unknown family {name!r}; use one of {sorted(FAMILIES)}"
         ) from None
+    return family if isinstance(model, str) else family.for_model(model)

@@ -65,7 +65,7 @@ def _load(path: Path, device: torch.device) -> TrainedModel:
     else:
         source = exports.resolve_checkpoint(path)
         model, meta = exports.consolidated_model(source)
-        tokenizer_path = exports.run_tokenizer(meta)
+        tokenizer_path = exports.run_tokenizer(meta, source)
         if tokenizer_path is None:
             raise GenerateError(f"{source}: the run recorded no tokenizer")
     family = family_of(model.config.family)

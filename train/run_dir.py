@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from train.control import clear_stop
 from train.distributed import DistInfo
 
 CONFIG_SNAPSHOT = "config.yaml"
+TOKENIZER_COPY = "tokenizer.model"
 RUN_INFO = "run.json"
 
 
@@ -67,6 +70,19 @@ def prepare_run_dir(
     info_path.write_text(json.dumps({"name": info.name, "wandb_id": info.wandb_id}, indent=1))
     (run_dir / CONFIG_SNAPSHOT).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return info
+
+
+def keep_tokenizer(run_dir: Path, loader: Any) -> None:
+    """Rank 0: a copy of the run's tokenizer model in the run directory, so
+    export, generate and eval decode with it after the dataset has moved."""
+    tokenizer = getattr(loader, "tokenizer", None)
+    if tokenizer is None:
+        return
+    copy = run_dir / TOKENIZER_COPY
+    if not copy.is_file() or copy.read_bytes() != Path(tokenizer.path).read_bytes():
+        tmp = copy.with_suffix(".tmp")
+        shutil.copyfile(tokenizer.path, tmp)
+        os.replace(tmp, copy)
 
 
 def default_run_name(config: ExperimentConfig) -> str:

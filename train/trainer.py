@@ -47,7 +47,7 @@ from train.metrics_log import MetricsLog
 from train.peak_flops import PeakFlops
 from train.progress import Progress
 from train.rng import seed_all
-from train.run_dir import RunInfo, prepare_run_dir
+from train.run_dir import RunInfo, keep_tokenizer, prepare_run_dir
 from train.startup import StartupTimeline
 from train.summary import write_result
 from train.task import to_device
@@ -108,7 +108,7 @@ class Trainer:
         self.timeline = StartupTimeline()
         self.dist = init_distributed()
         self.timeline.mark("distributed_init")
-        self.family = family_of(config.model.family)
+        self.family = family_of(config.model)
         self.storage = RunStorage(run_dir)
         self.run_dir = self.storage.local  # where this rank writes; the home is `storage`
         self.control = control or Control(self.run_dir)
@@ -135,6 +135,8 @@ class Trainer:
         # Data first: a bad source or a model that does not fit the data fails in
         # seconds, before the engine is built.
         self.train_loader, self.val_loader = build_loaders(config, self.dist)
+        if self.dist.is_main:
+            keep_tokenizer(self.run_dir, self.train_loader)
         self.timeline.mark("data_loaders")
         # A run that restores a checkpoint of its own never reads model.init_from.
         init_from = None if meta is not None else config.model.init_from

@@ -8,12 +8,19 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from model import ModelConfig, build_model
 from tests.train.conftest import ROOT, base_env
 from train.checkpoint import step_dir
-from train.export import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, export_checkpoint
+from train.export import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    ExportError,
+    export_checkpoint,
+)
 from train.generate import load_trained, main, sample_text
 
 PROMPT = "ROMEO:"
@@ -83,3 +90,20 @@ def test_a_model_that_cannot_generate_is_one_line(runs, tmp_path, capsys):
     assert "a bert model (masked-lm) does not generate text" in err
     assert main([str(tmp_path / "missing"), "--prompt", PROMPT]) == 2
     assert "no such run or checkpoint directory" in capsys.readouterr().err
+
+
+def test_the_run_keeps_its_tokenizer_for_when_the_dataset_has_moved(runs):
+    from data_pipeline.tokenizer import file_hash
+    from train.checkpoint import read_meta
+    from train.export import resolve_checkpoint, run_tokenizer
+
+    run_dir = runs.straight(2, 3).run_dir
+    kept = run_dir / "tokenizer.model"
+    assert file_hash(kept) == file_hash(runs.text / "tokenizer.model")
+    ckpt = resolve_checkpoint(run_dir)
+    meta = read_meta(ckpt)
+    moved = {**meta, "config": {**meta["config"], "data": {"source": "/nowhere"}}}
+    assert run_tokenizer(moved, ckpt) == kept
+    # a copy that is not the one the checkpoint recorded is never used
+    with pytest.raises(ExportError, match="no longer at /nowhere"):
+        run_tokenizer({**moved, "tokenizer_hash": "0" * 16}, ckpt)

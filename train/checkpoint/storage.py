@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # `gobig verify` reads a run's storage without torch
 
 # Rank 0's files besides checkpoints, mirrored at each checkpoint and at the end.
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl")
+# Uploaded with them, never fetched back: each attempt copies it afresh (run_dir.py).
+KEPT_FILES = ("tokenizer.model",)
 END_FILES = ("result.json",)
 WANDB_DIR = "wandb"
 
@@ -209,7 +211,7 @@ class RunStorage:
         """Rank 0: config snapshot, run.json, metrics; at the end also result and W&B."""
         if not self.is_remote:
             return
-        for name in RUN_FILES + (END_FILES if final else ()):
+        for name in RUN_FILES + KEPT_FILES + (END_FILES if final else ()):
             if (self.local / name).is_file():
                 self.remote.upload(self.local / name, name)
         if final and (self.local / WANDB_DIR).is_dir():
