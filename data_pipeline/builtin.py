@@ -12,6 +12,11 @@ shared data folder beside the repository (`../shared/data/sst2/{train,dev}.tsv`,
 classification shards with dev.tsv as the validation split, exactly what
 `gobig data tokenizer` and `gobig data text --labels` make of them (about 5 s).
 
+`builtin:multi30k-en-de` is Multi30k English-German (image-caption translations) from the
+shared data folder (`multi30k/{train,val}.{en,de}`): an 8000-piece BPE tokenizer trained
+jointly on train.en and train.de, then parallel-text shards (`gobig data pairs`) with
+val.en/val.de as the validation split (about 6 s).
+
 The cache directory is `<root>/<name>-<fingerprint>` where root is the `cache_dir`
 argument, else `$GOBIG_CACHE/data`, else `~/.cache/gobig/data`, and the fingerprint hashes
 the selected files' contents and the preparation settings (another Python version gives
@@ -34,6 +39,7 @@ from pathlib import Path
 from data_pipeline.errors import DataError
 from data_pipeline.labelled_text import write_labelled_shards
 from data_pipeline.manifest import MANIFEST_FILE
+from data_pipeline.pair_shards import write_pair_shards
 from data_pipeline.text_shards import write_text_shards
 from data_pipeline.tokenizer import train_tokenizer
 
@@ -84,15 +90,7 @@ class LabelledCorpus:
 
     def files(self) -> list[Path]:
         """[training file, validation file]."""
-        base = shared_data_dir() / self.folder
-        paths = [base / self.train, base / self.val]
-        for path in paths:
-            if not path.is_file():
-                raise DataError(
-                    f"built-in dataset {self.folder} needs {path} (the shared data folder "
-                    "beside the repository; set GOBIG_SHARED_DATA to where it is)"
-                )
-        return paths
+        return shared_files(self.folder, [self.train, self.val])
 
     def build(self, files: list[Path], tmp: Path, progress: bool) -> Path:
         """Write the dataset under `tmp`; its directory."""
@@ -108,10 +106,46 @@ class LabelledCorpus:
         return tmp / "ds"
 
 
-BUILTINS: dict[str, BuiltinCorpus | LabelledCorpus] = {
+@dataclass(frozen=True)
+class ParallelCorpus:
+    """A translation dataset of the shared data folder: line-aligned `train.<src>` /
+    `train.<tgt>` and `val.<src>` / `val.<tgt>` files, one BPE tokenizer trained on both
+    training files (a joint vocabulary)."""
+
+    folder: str
+    source: str  # language suffixes, e.g. "en"
+    target: str
+    vocab_size: int = 8000
+    shard_size: str = "8MB"  # a few shards: their seeded order varies the blocks per epoch
+
+    def files(self) -> list[Path]:
+        """[train source, train target, val source, val target]."""
+        names = [
+            f"{split}.{lang}" for split in ("train", "val") for lang in (self.source, self.target)
+        ]
+        return shared_files(self.folder, names)
+
+    def build(self, files: list[Path], tmp: Path, progress: bool) -> Path:
+        """Write the dataset under `tmp`; its directory."""
+        train_src, train_tgt, val_src, val_tgt = files
+        tok = train_tokenizer(
+            [train_src, train_tgt], tmp / "tok", vocab_size=self.vocab_size, model_type="bpe",
+            num_threads=2,
+        )  # fmt: skip
+        # one process: this may run inside a training worker, whose threads make fork unsafe
+        write_pair_shards(
+            train_src, train_tgt, tok.path, tmp / "ds", val_source=val_src, val_target=val_tgt,
+            shard_size=self.shard_size, workers=1, progress=progress,
+        )  # fmt: skip
+        return tmp / "ds"
+
+
+Corpus = BuiltinCorpus | LabelledCorpus | ParallelCorpus
+BUILTINS: dict[str, Corpus] = {
     "stdlib": BuiltinCorpus(max_bytes=12_000_000),
     "stdlib-mini": BuiltinCorpus(max_bytes=1_000_000, vocab_size=1024, shard_size="256KB"),
     "sst2": LabelledCorpus("sst2", train="train.tsv", val="dev.tsv"),
+    "multi30k-en-de": ParallelCorpus("multi30k", source="en", target="de"),
 }
 
 
@@ -121,6 +155,19 @@ def shared_data_dir() -> Path:
     if os.environ.get("GOBIG_SHARED_DATA"):
         return Path(os.environ["GOBIG_SHARED_DATA"])
     return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_files(folder: str, names: list[str]) -> list[Path]:
+    """The files `names` of `folder` in the shared data folder; DataError if one is
+    missing."""
+    paths = [shared_data_dir() / folder / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(
+                f"built-in dataset {folder} needs {path} (the shared data folder "
+                "beside the repository; set GOBIG_SHARED_DATA to where it is)"
+            )
+    return paths
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -151,7 +198,7 @@ def stdlib_files(max_bytes: int) -> list[Path]:
     return files
 
 
-def _fingerprint(files: list[Path], corpus: BuiltinCorpus | LabelledCorpus) -> str:
+def _fingerprint(files: list[Path], corpus: Corpus) -> str:
     h = hashlib.sha256(f"{PREP_VERSION}|{corpus}".encode())
     for path in files:
         h.update(path.name.encode())
@@ -165,7 +212,7 @@ def prepare_builtin(
     """Path of the prepared dataset directory of built-in corpus `name` (built if needed).
 
     Args:
-        name: "stdlib", "stdlib-mini" or "sst2".
+        name: "stdlib", "stdlib-mini", "sst2" or "multi30k-en-de".
         cache_dir: cache root (see module docstring).
         progress: show progress bars while preparing.
     """

@@ -1,4 +1,4 @@
-"""`gobig data ...`: train a tokenizer, write text or image shards.
+"""`gobig data ...`: train a tokenizer, write text, image or parallel-text shards.
 
     gobig data tokenizer --input PATH... --vocab-size N --model-type bpe --out DIR
     gobig data text --input PATH_OR_GLOB... --tokenizer MODEL --out DIR [--val-fraction F]
@@ -7,8 +7,11 @@
                     [--header] --tokenizer MODEL --out DIR      (text<TAB>label or .jsonl)
     gobig data images --input FOLDER_OR_TAR --out DIR [--image-size N] [--val-fraction F]
                       [--store auto|raw|encoded] [--seed N | --no-shuffle]
+    gobig data pairs --source FILE --target FILE --tokenizer MODEL --out DIR
+                     [--val-source FILE --val-target FILE | --val-fraction F]
+                     [--seed N | --no-shuffle]       (line-aligned parallel text)
 
-Both writers write each split in a seeded random order (the seed is recorded in the
+The writers write each split in a seeded random order (the seed is recorded in the
 manifest); `--no-shuffle` keeps the input order, for data whose order means something.
 
 Bad input prints one line on stderr naming the file and exits with status 2.
@@ -94,6 +97,24 @@ def _parser() -> argparse.ArgumentParser:
     text.add_argument("--overwrite", action="store_true")
     text.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    pairs = sub.add_parser("pairs", help="tokenize line-aligned parallel text (translation)")
+    pairs.add_argument("--source", required=True, metavar="FILE", help="source sentences")
+    pairs.add_argument(
+        "--target", required=True, metavar="FILE", help="their translations, line by line"
+    )
+    pairs.add_argument(
+        "--tokenizer", required=True, help="one tokenizer.model (or its directory) for both"
+    )
+    pairs.add_argument("--out", required=True)
+    pairs.add_argument("--val-source", metavar="FILE", help="validation source sentences")
+    pairs.add_argument("--val-target", metavar="FILE", help="validation target sentences")
+    pairs.add_argument("--val-fraction", type=float, default=0.0)
+    pairs.add_argument("--shard-size", default="64MB", help="bytes per shard, e.g. 64MB")
+    _add_order_options(pairs)
+    pairs.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
+    pairs.add_argument("--overwrite", action="store_true")
+    pairs.add_argument("--quiet", action="store_true", help="no progress bar")
+
     img = sub.add_parser("images", help="write an ImageFolder (dir or .tar) as shards")
     img.add_argument("--input", required=True, metavar="FOLDER_OR_TAR")
     img.add_argument("--out", required=True)
@@ -131,6 +152,8 @@ def _run(args: argparse.Namespace) -> str:
         return f"tokenizer {tok.path}: vocab {tok.vocab_size}, hash {tok.hash}"
     if args.command == "text" and args.labels is not None:
         return _write_labelled(args)
+    if args.command == "pairs":
+        return _write_pairs(args)
     if args.command == "text":
         from data_pipeline.text_shards import write_text_shards
 
@@ -199,6 +222,29 @@ def _write_labelled(args: argparse.Namespace) -> str:
     return f"{args.out}: {len(man.classes)} labels ({', '.join(man.classes)}), " + ", ".join(
         f"{s} {v['shards']} shards {v['samples']} samples {v['tokens']} tokens"
         for s, v in doc["splits"].items()
+    )
+
+
+def _write_pairs(args: argparse.Namespace) -> str:
+    from data_pipeline.pair_shards import write_pair_shards
+
+    man = write_pair_shards(
+        args.source,
+        args.target,
+        args.tokenizer,
+        args.out,
+        val_source=args.val_source,
+        val_target=args.val_target,
+        val_fraction=args.val_fraction,
+        shard_size=args.shard_size,
+        shuffle_seed=_shuffle_seed(args),
+        workers=args.workers,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    return f"{args.out}: " + ", ".join(
+        f"{s} {v['shards']} shards {v['samples']} pairs {v['tokens']} tokens"
+        for s, v in man.to_json()["splits"].items()
     )
 
 

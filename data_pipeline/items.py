@@ -1,27 +1,33 @@
 """Items: what one row of a batch is made from, in the epoch's global item order.
 
-- `RecordItems` (ViT): an item is a record (an image); item order = record order.
+- `RecordItems` (ViT, bert-cls): an item is a record (an image); item order = record
+  order.
 - `PackedItems` (GPT, BERT): documents of the record order, each followed by a separator
   (EOS), form one token stream; item i is the window of `length` tokens starting at token
   i * `stride`. GPT uses length T+1 and stride T (inputs and shifted targets, no token is
   wasted or padded); BERT uses length = stride. Items are shuffled in blocks too, so one
   batch does not hold consecutive windows of one document.
+- `GroupedItems` (seq2seq): each order block's records are grouped (into length-bucketed
+  batches of sentence pairs); an item is a group, and a block's groups are shuffled.
 
 Every item comes with a *cursor*, a small dict from which `iter_from` restarts exactly at
 that item: {"index": i, "doc": d} for records; for packed items {"index": i, "doc": d,
 "tok": o, "skip": s} where (d, o) is the document and token offset at which i's item block
-starts and s is i's slot in that block. The cursor never mentions ranks or workers.
+starts and s is i's slot in that block; for grouped items d is the first document of i's
+order block and s is i's slot among that block's groups. The cursor never mentions ranks
+or workers.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from data_pipeline.order import SALT_ITEMS, RecordStream, block_permutation
+from data_pipeline.order import SALT_GROUPS, SALT_ITEMS, RecordStream, block_permutation
 
 Item = tuple[dict, Any]  # (cursor, payload)
 
@@ -130,3 +136,40 @@ class PackedItems:
             skip = 0
             if n < self.block:
                 return
+
+
+class GroupedItems:
+    """Items are groups of the records of one order block (e.g. batches of similar
+    length): `group` turns a block's present records, in the block's order, into a list
+    of groups, a function of those records alone; the groups are then permuted within the
+    block. A group never spans two blocks, so any item can be rebuilt from its block.
+
+    Args:
+        stream: the epoch's records.
+        group: a block's records -> its groups.
+        shuffle: permute the groups within each block.
+    """
+
+    def __init__(
+        self, stream: RecordStream, group: Callable[[list[Any]], list[Any]], shuffle: bool
+    ) -> None:
+        self.stream, self.group, self.shuffle = stream, group, shuffle
+
+    def iter_from(self, cursor: dict) -> Iterator[Item]:
+        """(cursor, group) from the item at `cursor` on."""
+        size = self.stream.block
+        first_block = cursor["doc"] // size
+        index = cursor["index"] - cursor["skip"]
+        records = self.stream.iter_from(first_block * size)
+        for block_no, members in itertools.groupby(records, key=lambda dr: dr[0] // size):
+            groups = self.group([record for _, record in members])
+            perm = block_permutation(
+                len(groups), self.stream.seed, self.stream.epoch, SALT_GROUPS, block_no,
+                self.shuffle,
+            )  # fmt: skip
+            skip = cursor["skip"] if block_no == first_block else 0
+            start = block_no * size
+            for slot in range(skip, len(groups)):
+                at = {"index": index + slot, "doc": start, "tok": 0, "skip": slot}
+                yield at, groups[perm[slot]]
+            index += len(groups)

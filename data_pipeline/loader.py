@@ -1,5 +1,5 @@
-"""Streaming loaders for GPT, BERT, ViT and sequence-classification batches with exact,
-elastic resume.
+"""Streaming loaders for GPT, BERT, ViT, sequence-classification and translation batches
+with exact, elastic resume.
 
     loader = build_loader("gpt", "builtin:stdlib", split="train", batch_size=16,
                           seq_len=128, rank=rank, world_size=world, seed=0, num_workers=2)
@@ -30,11 +30,12 @@ from data_pipeline.errors import DataError, ShardError
 from data_pipeline.items import start_cursor
 from data_pipeline.label_mix import check_label_mix
 from data_pipeline.producer import DEFAULT_BLOCK, RECORD_KINDS, Plan, Producer
+from data_pipeline.seq2seq_batches import SEQ2SEQ_KIND, Seq2SeqSpec, check_pair_tokenizer
 from data_pipeline.sources import check_tokenizer, resolve_source
 from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, BertSpec, VitSpec, to_tensors
 
-KINDS = ("gpt", "bert", "vit", CLASSIFY_KIND)
+KINDS = ("gpt", "bert", "vit", CLASSIFY_KIND, SEQ2SEQ_KIND)
 STATE_VERSION = 1
 
 
@@ -43,6 +44,9 @@ class LoaderConfig:
     """Loader settings (field names match the `data.*` config keys).
 
     `shuffle`, `infinite` and `augment` default to True for split "train", else False.
+    seq2seq: `seq_len` bounds each side (source + EOS, BOS + target); `max_tokens` set
+    makes batches of at most that many padded source + target tokens (and `batch_size`
+    is ignored), else of `batch_size` pairs; either way length-bucketed.
     """
 
     kind: str
@@ -62,6 +66,7 @@ class LoaderConfig:
     image_size: int | None = None
     augment: bool | None = None
     pairs: bool = False
+    max_tokens: int | None = None
     mask_prob: float = 0.15
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -85,11 +90,19 @@ class LoaderConfig:
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
         min_len = {"gpt": 1, "bert": 5 if self.pairs else 3, "vit": 0, CLASSIFY_KIND: 3}
-        min_len = min_len[self.kind]
+        min_len = {**min_len, SEQ2SEQ_KIND: 2}[self.kind]
         if self.seq_len < min_len:
             raise ValueError(
                 f"data.seq_len must be at least {min_len} for {self.kind}, got {self.seq_len}"
             )
+        if self.max_tokens is not None:
+            if self.kind != SEQ2SEQ_KIND:
+                raise ValueError(f"data.max_tokens applies to seq2seq only, not {self.kind}")
+            if self.max_tokens < 2 * self.seq_len:  # the longest pair must fit alone
+                raise ValueError(
+                    f"data.max_tokens must be at least 2 * seq_len = {2 * self.seq_len} "
+                    f"(one pair of the longest sentences), got {self.max_tokens}"
+                )
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"data.mask_prob must be in (0, 1), got {self.mask_prob}")
 
@@ -106,7 +119,8 @@ class StreamingLoader:
     selected)} plus "pair_labels" [B] when `pairs`; vit {"images" FloatTensor [B, 3, H, W]
     normalised, "labels" LongTensor [B]}; bert-cls {"input_ids", "attention_mask",
     "token_type_ids" [B, T] padded to the batch's longest row, "class_labels" [B]}
-    (classify.py).
+    (classify.py); seq2seq {"input_ids", "attention_mask" [B, S], "decoder_input_ids",
+    "labels" [B, T]}, B varying with `max_tokens` (seq2seq_batches.py).
 
     Each `iter()` continues from the current state. In infinite mode it never ends; in
     finite mode it yields the rest of the current epoch and the state moves to the next.
@@ -120,11 +134,12 @@ class StreamingLoader:
             cfg.source, cfg.split, manifest=cfg.manifest, cache_dir=cfg.cache_dir
         )
         self.manifest = man = resolved.manifest
-        want = "image" if cfg.kind == "vit" else "text"
+        want = {"vit": "image", SEQ2SEQ_KIND: "pairs"}.get(cfg.kind, "text")
         if man.kind != want:
+            hint = " (parallel text, written by `gobig data pairs`)" if want == "pairs" else ""
             raise DataError(
                 f"manifest {man.url} describes {man.kind} shards; "
-                f"data.kind {cfg.kind!r} needs {want} shards"
+                f"data.kind {cfg.kind!r} needs {want} shards{hint}"
             )
         if cfg.kind == CLASSIFY_KIND and not man.classes:
             raise DataError(
@@ -145,7 +160,8 @@ class StreamingLoader:
         shards = list(resolved.shards)
         self.tokenizer: Tokenizer | None = None
         plan_extra: dict = {}
-        if want == "text":
+        batch_size = cfg.batch_size
+        if want != "image":
             path = cfg.tokenizer or resolved.tokenizer_path
             if path is None:
                 raise DataError(
@@ -180,6 +196,12 @@ class StreamingLoader:
                     raise DataError(f"tokenizer {tok.path} lacks [CLS]/[SEP] pieces")
                 pad = tok.pad_id if tok.pad_id >= 0 else 0  # padding is masked: any id does
                 plan_extra["classify"] = ClassifySpec(tok.cls_id, tok.sep_id, pad, len(man.classes))
+            if cfg.kind == SEQ2SEQ_KIND:
+                check_pair_tokenizer(tok)
+                plan_extra["seq2seq"] = Seq2SeqSpec(
+                    tok.bos_id, tok.eos_id, tok.pad_id, cfg.batch_size, cfg.max_tokens or 0
+                )
+                batch_size = 1  # an item is a whole batch of pairs
         else:
             size = cfg.image_size or man.image_size
             augment = train if cfg.augment is None else cfg.augment
@@ -194,7 +216,7 @@ class StreamingLoader:
             shards=shards,
             rank=cfg.rank,
             world_size=cfg.world_size,
-            batch_size=cfg.batch_size,
+            batch_size=batch_size,
             seq_len=cfg.seq_len,
             seed=cfg.seed,
             shuffle=train if cfg.shuffle is None else cfg.shuffle,
@@ -205,6 +227,7 @@ class StreamingLoader:
         )
         self.fingerprint = self._fingerprint()
         self._state = {"epoch": 0, "cursor": start_cursor()}
+        self._batches: dict[int, int] = {}  # seq2seq: global batches per epoch
         if cfg.kind == "vit" and cfg.rank == 0:
             self._warn_if_unmixed()
 
@@ -240,9 +263,10 @@ class StreamingLoader:
         return self._state["epoch"]
 
     def items_per_epoch(self) -> int:
-        """Global items (rows) per epoch from the manifest counts (no shard skipped)."""
+        """Global items (rows) per epoch from the manifest counts (no shard skipped);
+        seq2seq: sentence pairs."""
         p = self.plan
-        if p.kind in RECORD_KINDS:
+        if p.kind in (*RECORD_KINDS, SEQ2SEQ_KIND):
             return sum(s.samples for s in p.shards)
         stream = sum(s.tokens + s.samples for s in p.shards)  # + one separator per document
         length = p.seq_len + 1 if p.kind == "gpt" else p.seq_len - (3 if p.bert.pairs else 2)
@@ -252,9 +276,21 @@ class StreamingLoader:
     def batches_per_epoch(self) -> int:
         """Batches each rank yields per finite pass: ceil(ceil(N / W) / B) with N from
         `items_per_epoch()` (exact unless shards are skipped). In infinite mode an epoch
-        lasts N / (W * B) steps on average."""
-        per_rank = -(-self.items_per_epoch() // self.plan.world_size)
-        return -(-per_rank // self.plan.batch_size)
+        lasts N / (W * B) steps on average.
+
+        seq2seq: ceil(G / W) for the G global batches of epoch `self.epoch`; with
+        `max_tokens` G depends on the sentence lengths, so the first call for an epoch
+        reads the split once (cached)."""
+        p = self.plan
+        if p.kind == SEQ2SEQ_KIND:
+            return -(-self._global_batches(self.epoch) // p.world_size)
+        per_rank = -(-self.items_per_epoch() // p.world_size)
+        return -(-per_rank // p.batch_size)
+
+    def _global_batches(self, epoch: int) -> int:
+        if epoch not in self._batches:
+            self._batches[epoch] = self.plan.seq2seq_batches(epoch)
+        return self._batches[epoch]
 
     # -- iteration ----------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -310,6 +346,9 @@ class StreamingLoader:
             "shuffle_buffer": p.shuffle_buffer,
             "pairs": bool(p.bert and p.bert.pairs),
         }
+        if p.seq2seq:  # the batches are the items: their sizes are part of the order
+            tokens = p.seq2seq.max_tokens
+            what["batches"] = [tokens, 0 if tokens else p.seq2seq.batch_size]
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict:
@@ -330,7 +369,8 @@ class StreamingLoader:
         if state.get("fingerprint") != self.fingerprint:
             raise ValueError(
                 "data loader state was saved for different data or settings "
-                "(shards, kind, seq_len, seed, shuffle, shuffle_buffer must match)"
+                "(shards, kind, seq_len, seed, shuffle, shuffle_buffer must match; "
+                "seq2seq: also max_tokens, or batch_size without it)"
             )
         self._state = {
             "epoch": int(state["epoch"]),
@@ -343,7 +383,8 @@ def build_loader(kind: str, source: str, **options) -> StreamingLoader:
     """A streaming loader; see `LoaderConfig` for the options.
 
     Args:
-        kind: "gpt", "bert", "vit" or "bert-cls" (sequence classification).
+        kind: "gpt", "bert", "vit", "bert-cls" (sequence classification) or "seq2seq"
+            (translation).
         source: `builtin:NAME`, a dataset directory, a manifest URL or shard URLs
             (brace patterns, http(s)://, pipe:).
         **options: any `LoaderConfig` field (split, batch_size, seq_len, rank, world_size,

@@ -4,9 +4,9 @@ Schema (format "gobig-shards", version 1)::
 
     {
       "format": "gobig-shards", "version": 1,
-      "kind": "text" | "image",
-      "tokenizer": {"hash": "...", "vocab_size": 4096, "file": "tokenizer.model"},  # text
-      "dtype": "uint16" | "uint32",                                                 # text
+      "kind": "text" | "image" | "pairs",
+      "tokenizer": {"hash": "...", "vocab_size": 4096, "file": "tokenizer.model"},  # text, pairs
+      "dtype": "uint16" | "uint32",                                                 # text, pairs
       "classes": ["0", "1"], "class_counts": {...},                                 # labelled text
       "classes": ["airplane", ...], "image_size": 32 | null,                         # image
       "class_counts": {"train": [..per class..], "val": [...]},                      # image
@@ -20,6 +20,8 @@ Schema (format "gobig-shards", version 1)::
 
 Labelled text (`gobig data text --labels`) is kind "text" plus `classes`, the label names
 (a sample's `cls` member is the index into them), and `class_counts`, as images have.
+Parallel text (`gobig data pairs`) is kind "pairs": a sample holds `source.npy` and
+`target.npy`, and `tokens` counts the ids of both sides.
 Shard names are relative to the manifest's location (a directory, an http(s) base or the
 argument of a `pipe:` command). `samples` counts WebDataset samples, `tokens` counts token
 ids (text; document separators not included).
@@ -39,6 +41,7 @@ from data_pipeline.errors import DataError
 FORMAT = "gobig-shards"
 VERSION = 1
 MANIFEST_FILE = "manifest.json"
+TOKEN_KINDS = ("text", "pairs")  # shards of token ids, made with the manifest's tokenizer
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Manifest:
             agg["samples"] += s.samples
             agg["tokens"] += s.tokens
         doc: dict = {"format": FORMAT, "version": VERSION, "kind": self.kind}
-        if self.kind == "text":
+        if self.kind in TOKEN_KINDS:
             doc.update(tokenizer=self.tokenizer, dtype=self.dtype)
             if self.classes:  # labelled text
                 doc.update(classes=self.classes, class_counts=self.class_counts)
@@ -108,8 +111,8 @@ def parse_manifest(doc: dict, url: str) -> Manifest:
     if doc.get("version") != VERSION:
         raise DataError(f"manifest {url}: unsupported version {doc.get('version')!r}")
     kind = doc.get("kind")
-    if kind not in ("text", "image"):
-        raise DataError(f"manifest {url}: kind must be 'text' or 'image', got {kind!r}")
+    if kind not in (*TOKEN_KINDS, "image"):
+        raise DataError(f"manifest {url}: kind must be 'text', 'pairs' or 'image', got {kind!r}")
     try:
         shards = [ShardInfo(**s) for s in doc["shards"]]
     except (KeyError, TypeError) as exn:

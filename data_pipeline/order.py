@@ -25,7 +25,7 @@ from data_pipeline.errors import ShardError
 from data_pipeline.reader import read_shard
 
 # Salts keep the generators of different decisions independent.
-SALT_SHARDS, SALT_DOCS, SALT_ITEMS, SALT_TRANSFORM = 1, 2, 3, 4
+SALT_SHARDS, SALT_DOCS, SALT_ITEMS, SALT_TRANSFORM, SALT_GROUPS = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,17 @@ from data_pipeline.classify import (
     decode_labelled,
 )
 from data_pipeline.errors import DataError, ShardError
-from data_pipeline.items import PackedItems, RecordItems, start_cursor
+from data_pipeline.items import GroupedItems, PackedItems, RecordItems, start_cursor
 from data_pipeline.order import RecordStream, ShardRef
 from data_pipeline.reader import parse_image, parse_tokens
+from data_pipeline.seq2seq_batches import (
+    SEQ2SEQ_KIND,
+    Seq2SeqSpec,
+    bucket_pairs,
+    decode_pair,
+    fixed_batches,
+    seq2seq_batch,
+)
 from data_pipeline.transforms import (
     BertSpec,
     VitSpec,
@@ -78,6 +86,7 @@ class Plan:
     bert: BertSpec | None = None
     vit: VitSpec | None = None
     classify: ClassifySpec | None = None
+    seq2seq: Seq2SeqSpec | None = None  # its items are whole batches: batch_size is 1
 
     # -- per-kind pieces ------------------------------------------------------------
     def decoder(self) -> Callable[[dict], Any]:
@@ -96,6 +105,12 @@ class Plan:
                 return decode_labelled(sample, dtype, self.vocab_size, self.classify.num_classes)
 
             return decode_labelled_text
+        if self.kind == SEQ2SEQ_KIND:
+
+            def decode_sentence_pair(sample: dict) -> tuple[np.ndarray, np.ndarray]:
+                return decode_pair(sample, dtype, self.vocab_size, self.seq_len)
+
+            return decode_sentence_pair
 
         def decode_tokens(sample: dict) -> np.ndarray:
             if "tokens.npy" not in sample:
@@ -106,7 +121,7 @@ class Plan:
 
     def items(
         self, epoch: int, report: Callable[[int, ShardError], None]
-    ) -> RecordItems | PackedItems:
+    ) -> RecordItems | PackedItems | GroupedItems:
         """The item sequence of `epoch`."""
         # shuffle_buffer 0: shard order still shuffled, samples kept in shard order
         block = self.shuffle_buffer or DEFAULT_BLOCK
@@ -117,17 +132,30 @@ class Plan:
         )  # fmt: skip
         if self.kind in RECORD_KINDS:
             return RecordItems(stream)
+        if self.kind == SEQ2SEQ_KIND:
+            spec = self.seq2seq
+            return GroupedItems(stream, lambda pairs: bucket_pairs(pairs, spec), permute)
         if self.kind == "gpt":
             length, stride = self.seq_len + 1, self.seq_len
         else:
             length = stride = self.seq_len - (3 if self.bert and self.bert.pairs else 2)
         return PackedItems(stream, length, stride, self.eos_id, block, permute)
 
+    def seq2seq_batches(self, epoch: int) -> int:
+        """seq2seq: the global batches of `epoch`. With `max_tokens` they depend on the
+        sentence lengths: the epoch's batches are made (the split is read once)."""
+        spec = self.seq2seq
+        if not spec.max_tokens:
+            records = sum(s.samples for s in self.shards)
+            return fixed_batches(records, self.shuffle_buffer or DEFAULT_BLOCK, spec.batch_size)
+        items = self.items(epoch, lambda _epoch, _err: None)  # skipped shards: as iterated
+        return sum(1 for _ in items.iter_from(start_cursor()))
+
     def row(self, epoch: int, index: int, payload: Any, counters: dict) -> Any:
         """One batch row from an item (random choices a function of (seed, epoch, index)).
 
         ViT rows are (image, class, epoch, index): augmentation happens per batch."""
-        if self.kind == "gpt":
+        if self.kind in ("gpt", SEQ2SEQ_KIND):  # seq2seq: the item is a batch of pairs
             return payload
         if self.kind == "bert":
             return bert_row(payload, self.bert, transform_rng(self.seed, epoch, index))
@@ -154,6 +182,8 @@ class Plan:
             return bert_batch(rows, self.bert.pairs)
         if self.kind == CLASSIFY_KIND:
             return classify_batch(rows, self.classify.pad_id)
+        if self.kind == SEQ2SEQ_KIND:
+            return seq2seq_batch([pair for batch in rows for pair in batch], self.seq2seq)
         return vit_batch(rows, self.vit, self.seed)
 
 

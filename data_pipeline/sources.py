@@ -21,6 +21,7 @@ import webdataset as wds
 from data_pipeline.errors import DataError
 from data_pipeline.manifest import (
     MANIFEST_FILE,
+    TOKEN_KINDS,
     Manifest,
     load_manifest,
     shard_basename,
@@ -105,7 +106,7 @@ def _dataset_tokenizer(man: Manifest, manifest_url: str, cache_dir: str | None) 
     """Local path of the tokenizer stored beside the manifest; remote copies (http, pipe:)
     are fetched once into the cache, checked against the manifest's hash."""
     name = man.tokenizer.get("file")
-    if man.kind != "text" or not name:
+    if man.kind not in TOKEN_KINDS or not name:
         return None
     url = sibling_url(manifest_url, name)
     if "://" not in url and not url.startswith("pipe:"):

@@ -117,16 +117,22 @@ def _init_worker(model_path: str) -> None:
 
 
 # A record to tokenize: (split, text, the record's other fields, e.g. a label's "cls").
-TextRecord = tuple[str, str, dict[str, bytes]]
+# The text is one string (the `tokens.npy` member) or several by member stem, e.g.
+# {"source": ..., "target": ...} for `source.npy` and `target.npy` (parallel text).
+TextRecord = tuple[str, str | dict[str, str], dict[str, bytes]]
 
 
 def _encode_doc(record: TextRecord) -> tuple[str, dict[str, bytes], int]:
     assert _worker_tok is not None
     split, text, extra = record
-    ids = np.asarray(_worker_tok.encode(text), dtype=token_dtype(_worker_tok.vocab_size))
-    buf = io.BytesIO()
-    np.save(buf, ids, allow_pickle=False)
-    return split, {"tokens.npy": buf.getvalue(), **extra}, int(ids.size)
+    fields, n_tokens = {}, 0
+    for stem, part in ({"tokens": text} if isinstance(text, str) else text).items():
+        ids = np.asarray(_worker_tok.encode(part), dtype=token_dtype(_worker_tok.vocab_size))
+        buf = io.BytesIO()
+        np.save(buf, ids, allow_pickle=False)
+        fields[f"{stem}.npy"] = buf.getvalue()
+        n_tokens += int(ids.size)
+    return split, {**fields, **extra}, n_tokens
 
 
 def is_val(index: int, val_fraction: float) -> bool:
@@ -217,7 +223,7 @@ def write_text_shards(
 
 def write_records(
     out: Path, tok: Tokenizer, records: Iterable[TextRecord], max_bytes: int,
-    shuffle_seed: int | None, workers: int | None, progress: bool,
+    shuffle_seed: int | None, workers: int | None, progress: bool, unit: str = "doc",
 ) -> list[ShardInfo]:  # fmt: skip
     """Tokenize `records` in a process pool (ordered, so the output is the same whatever
     `workers` is) into `out`'s train and val shards, plus a copy of the tokenizer; the
@@ -230,7 +236,7 @@ def write_records(
     workers = max(1, workers or os.cpu_count() or 1)
     if multiprocessing.current_process().daemon:  # daemons (DataLoader workers) can't fork
         workers = 1
-    bar = tqdm(desc="tokenizing", unit="doc", file=sys.stderr, disable=not progress)
+    bar = tqdm(desc="tokenizing", unit=unit, file=sys.stderr, disable=not progress)
     pool = None
     if workers > 1:
         ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
@@ -251,12 +257,13 @@ def write_records(
 
 
 def text_manifest(
-    tok: Tokenizer, shards: list[ShardInfo], shuffle_seed: int | None, **labels: Any
-) -> Manifest:
-    """The manifest of text shards made with `tok` (`labels`: classes and class_counts of
-    labelled text)."""
+    tok: Tokenizer, shards: list[ShardInfo], shuffle_seed: int | None, kind: str = "text",
+    **labels: Any,
+) -> Manifest:  # fmt: skip
+    """The manifest of text shards made with `tok` (`kind` "pairs": parallel text;
+    `labels`: classes and class_counts of labelled text)."""
     return Manifest(
-        kind="text",
+        kind=kind,
         shards=shards,
         dtype=token_dtype(tok.vocab_size).name,
         tokenizer={"hash": tok.hash, "vocab_size": tok.vocab_size, "file": MODEL_FILE},
