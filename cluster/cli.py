@@ -9,6 +9,7 @@
     gobig check-resume [CONFIG] [key=value ...] [--steps N] [--kills K]   exact resume, checked
     gobig export RUN_OR_CHECKPOINT --out DIR                 safetensors + config
     gobig generate RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT  sample text from a GPT
+    gobig translate RUN_OR_CHECKPOINT_OR_EXPORT [--input FILE]  translate (a seq2seq model)
     gobig eval RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE     metrics over a whole dataset
     gobig report RUN [RUN ...] --out DIR                     plots and an HTML page of runs
     gobig data   tokenizer|text|images ...                   prepare data
@@ -173,6 +174,12 @@ def _cmd_generate(ns: argparse.Namespace) -> int:
     return generate_main(ns.args)
 
 
+def _cmd_translate(ns: argparse.Namespace) -> int:
+    from train.translate import main as translate_main
+
+    return translate_main(ns.args)
+
+
 def _cmd_eval(ns: argparse.Namespace) -> int:
     from train.eval_command import main as eval_main
 
@@ -215,6 +222,11 @@ COMMANDS = {
                  "RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT | --prompt-file FILE "
                  "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] "
                  "[--num-samples N] [--device DEV]"),
+    "translate": ("translate sentences, one per line, with a trained seq2seq model",
+                  _cmd_translate,
+                  "RUN_OR_CHECKPOINT_OR_EXPORT [--input FILE] [--beam-size K] "
+                  "[--length-penalty A] [--max-len-a A] [--max-len-b B] [--batch-size N] "
+                  "[--device DEV]"),
     "eval": ("a trained model's metrics over a whole dataset split", _cmd_eval,
              "RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE [--split val|train] [--batch-size N] "
              "[--max-batches N] [--json FILE] [--device DEV]"),
@@ -230,7 +242,7 @@ def usage() -> str:
     rows = [f"  {name:<{width}}  {help_text}" for name, (help_text, _, _) in COMMANDS.items()]
     return (
         "usage: gobig COMMAND [ARGS ...]\n\n"
-        "Train GPT, BERT and ViT models with DeepSpeed ZeRO workers on Ray.\n\n"
+        "Train GPT, BERT, ViT and encoder-decoder models with DeepSpeed ZeRO workers on Ray.\n\n"
         "commands:\n" + "\n".join(rows) + "\n\nRun `gobig COMMAND --help` for its arguments."
     )
 

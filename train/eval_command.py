@@ -6,9 +6,11 @@
 
 The metrics are the family's, as in training's evaluations but over every
 sample of the split once: loss and perplexity (GPT), masked-token accuracy
-(BERT), top-1 accuracy (ViT). SOURCE is anything `data.source` takes (a
-dataset directory, a manifest, shard URLs). A progress bar goes to stderr; the
-result is one line on stdout and, with --json, a JSON file.
+(BERT), top-1 accuracy (ViT), unsmoothed loss, perplexity and corpus BLEU of
+its beam-search translations (seq2seq, decoded as the run's `decode` says).
+SOURCE is anything `data.source` takes (a dataset directory, a manifest, shard
+URLs). A progress bar goes to stderr; the result is one line on stdout and,
+with --json, a JSON file.
 
 --as-logged reproduces the evaluation the run logged at the checkpoint's step
 instead: the run evaluates a fixed subset, not the whole split (each rank
@@ -18,8 +20,9 @@ ranks, then divided). For every rank of the world size the checkpoint was
 written by, the loader that rank built (train/data.py) is built again and the
 same batches are evaluated, in the run's `train.precision`; SOURCE defaults to
 the run's own validation source. The figures equal the logged `val_*` ones up
-to the order of the additions. A run directory means its newest complete
-checkpoint; an export keeps no record of the run and cannot be used.
+to the order of the additions (a seq2seq run's `val_bleu` is not recomputed). A
+run directory means its newest complete checkpoint; an export keeps no record
+of the run and cannot be used.
 """
 
 from __future__ import annotations
@@ -90,10 +93,17 @@ def evaluate_dataset(
         total = min(total, max_batches)
     from tqdm import tqdm
 
+    start = loader.state_dict()
     batches = tqdm(loader, total=total, desc="eval", unit="batch", file=sys.stderr)
     metrics = evaluate(TrainingModule(model).to(device), batches, family, total, device)
     if not metrics:
         raise EvalError(f"{source}: split {split!r} holds no samples to evaluate")
+    if family.translates:  # the same batches again: BLEU of what the model writes
+        from train.translate import bleu_of_batches
+
+        loader.load_state_dict(start)
+        batches = itertools.islice(loader, total)
+        metrics["val_bleu"] = bleu_of_batches(model, batches, config.decode, loader.tokenizer)
     return {
         "model": str(path), "data": source, "split": split, "batches": total,
         **{name.removeprefix("val_"): value for name, value in metrics.items()},

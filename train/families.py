@@ -1,4 +1,5 @@
-"""One object per model family: what differs between GPT, BERT and ViT in training.
+"""One object per model family: what differs between GPT, BERT, ViT and the
+encoder-decoder (seq2seq) in training.
 
 The Trainer, the loaders, evaluation and export ask the family; nothing in
 train/ branches on the family's name. A new family is a new class here and
@@ -31,7 +32,8 @@ class Family:
     unit = "tokens"  # what throughput, MFU and the run's counter count
     rate_key = "tokens_per_s"
     task = "causal-lm"  # recorded with an export
-    generates_text = True  # `gobig generate` can sample from it
+    generates_text = True  # `gobig generate` can sample from it; its runs write samples
+    translates = False  # `gobig translate` can translate with it; its runs report BLEU
 
     def for_model(self, model: ModelConfig) -> Family:
         """The object for this model of the family (another head: another task)."""
@@ -42,6 +44,7 @@ class Family:
 
     def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
         """What the family adds to the loader options every family shares."""
+        _no_token_budget(config)
         return {"seq_len": config.model.max_seq_len, "shuffle_buffer": config.data.shuffle_buffer}
 
     def val_loader_options(self) -> dict[str, Any]:
@@ -143,6 +146,14 @@ class BertClassifierFamily(Family):
         return {"val_loss": loss, "val_accuracy": accuracy}
 
 
+def _no_token_budget(config: ExperimentConfig) -> None:
+    if config.data.max_tokens is not None:
+        raise ConfigError(
+            "data.max_tokens: batches by token count are for translation (seq2seq), "
+            f"not {config.model.family}; leave it unset"
+        )
+
+
 def _labels(names: list[str]) -> str:
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
@@ -160,6 +171,7 @@ class VitFamily(Family):
         return int(batch["images"].shape[0])
 
     def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        _no_token_budget(config)
         return {"image_size": config.model.image_size, "augment": config.data.augment}
 
     def val_loader_options(self) -> dict[str, Any]:
@@ -183,7 +195,56 @@ class VitFamily(Family):
         return {"val_loss": loss, "val_accuracy": accuracy}
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Family(), BertFamily(), VitFamily())}
+class Seq2SeqFamily(Family):
+    """Translation with the encoder-decoder Transformer on parallel text: batches of
+    source ids and target ids (`input_ids`, `attention_mask`, `decoder_input_ids`,
+    `labels`). It counts target tokens, the model's FLOPs unit; evaluations report the
+    unsmoothed loss and perplexity (the training loss is label-smoothed) and the token
+    accuracy; as a family that translates, its runs also report BLEU with a few
+    translations (train/callbacks/translations.py), and `gobig eval` BLEU."""
+
+    name = "seq2seq"  # the loader kind too
+    task = "translation"
+    generates_text = False
+    translates = True
+
+    def count_units(self, batch: dict[str, torch.Tensor]) -> int:
+        # The targets (EOS included), not the padding: what a target token's FLOPs pay for.
+        return int((batch["labels"] != IGNORE).sum().item())
+
+    def loader_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        # Each side (source + EOS, BOS + target) is cut to the model's positions.
+        return {
+            "seq_len": config.model.max_seq_len,
+            "shuffle_buffer": config.data.shuffle_buffer,
+            "max_tokens": config.data.max_tokens,
+        }
+
+    def check_fits_data(self, config: ExperimentConfig, loader: Any) -> None:
+        super().check_fits_data(config, loader)
+        tok = loader.tokenizer
+        ids = {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id}
+        if min(ids.values()) < 0 or tok.pad_id == tok.eos_id:
+            raise ConfigError(
+                f"{config.data.source}: tokenizer {tok.path} has pad/BOS/EOS ids {ids}; "
+                "translation needs all three, pad distinct from EOS"
+            )
+
+    def eval_counts(self, out: Any, batch: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+        n = int((batch["labels"] != IGNORE).sum().item())
+        # The unsmoothed NLL: val_loss and perplexity compare across label smoothing.
+        nll = out.metrics["nll_loss"].float().item()
+        accuracy = out.metrics.get("accuracy")
+        correct = float(accuracy.float().item()) * n if accuracy is not None else 0.0
+        return nll * n, n, correct
+
+    def eval_metrics(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {**super().eval_metrics(loss, accuracy), "val_token_accuracy": accuracy}
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (Family(), BertFamily(), VitFamily(), Seq2SeqFamily())
+}
 BERT_CLASSIFIER = BertClassifierFamily()
 
 

@@ -42,14 +42,34 @@ class TrainedModel:
 
 
 def load_trained(path: Path, device: torch.device) -> TrainedModel:
-    """The model and tokenizer of a run, a checkpoint or an export, in eval mode.
+    """The model and tokenizer of a run, a checkpoint or an export of a model that
+    generates text (GPT), in eval mode.
 
     Args:
         path: a run directory, a checkpoint directory or an export directory.
         device: where the model runs.
     """
+    trained = load_model(path, device)
+    family = family_of(trained.model.config.family)
+    if not family.generates_text:
+        raise GenerateError(
+            f"{trained.source}: a {family.name} model ({family.task}) does not generate text; "
+            "gobig generate samples from gpt models"
+        )
+    return trained
+
+
+def load_model(path: Path, device: torch.device) -> TrainedModel:
+    """The model (of any family) and tokenizer of a run, a checkpoint or an export, in
+    eval mode: what the commands that run a trained model (generate, translate) load.
+
+    Args:
+        path: a run directory (its newest complete checkpoint), a checkpoint directory
+            (any world size and ZeRO stage) or an export directory.
+        device: where the model runs.
+    """
     # DeepSpeed, imported by the checkpoint readers, logs to stdout (its handler
-    # keeps the stream it found): stdout is for the generated text alone.
+    # keeps the stream it found): stdout is for the command's output alone.
     with contextlib.redirect_stdout(sys.stderr):
         return _load(Path(path), device)
 
@@ -68,12 +88,6 @@ def _load(path: Path, device: torch.device) -> TrainedModel:
         tokenizer_path = exports.run_tokenizer(meta, source)
         if tokenizer_path is None:
             raise GenerateError(f"{source}: the run recorded no tokenizer")
-    family = family_of(model.config.family)
-    if not family.generates_text:
-        raise GenerateError(
-            f"{source}: a {family.name} model ({family.task}) does not generate text; "
-            "gobig generate samples from gpt models"
-        )
     return TrainedModel(model.to(device).eval(), Tokenizer(tokenizer_path), source)
 
 

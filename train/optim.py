@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay, and the warmup-then-decay schedule.
+"""AdamW with decoupled weight decay, and the warmup-then-decay schedules.
 
 Norms, biases, embeddings (token, position, CLS) are excluded from weight
 decay: decaying them hurts quality and buys no regularisation.
@@ -73,12 +73,17 @@ def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
 
     Linear warmup from 0 to `optim.lr` over `warmup_steps`, then cosine or
     linear decay to `optim.min_lr` at `decay_steps` (default `max_steps`),
-    constant afterwards.
+    constant afterwards; or `optim.lr` for good (constant); or inverse_sqrt,
+    `optim.lr * sqrt(warmup_steps / (step + 1))`: the Transformer paper's
+    d_model ** -0.5 * min(n ** -0.5, n * warmup ** -1.5) (n = step + 1) with its
+    peak, reached at the end of the warmup, given as `optim.lr`.
     """
     if step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
     if optim.schedule == "constant":
         return optim.lr
+    if optim.schedule == "inverse_sqrt":
+        return optim.lr * math.sqrt(max(1, optim.warmup_steps) / (step + 1))
     decay_end = optim.decay_steps or max_steps
     span = max(1, decay_end - optim.warmup_steps)
     progress = min(1.0, (step - optim.warmup_steps) / span)

@@ -22,10 +22,10 @@ from train.callbacks import (
     Callback,
     CallbackList,
     ProfilerCallback,
-    SamplesCallback,
     StepResult,
     ThroughputCallback,
     WandbCallback,
+    family_callbacks,
 )
 from train.callbacks.wandb_log import start_wandb
 from train.checkpoint.checkpointer import Checkpointer, SavedCheckpoint
@@ -186,11 +186,8 @@ class Trainer:
         guards = config.guards
         if guards.straggler_factor > 0 and dist.world_size > 1:
             own.append(StragglerCallback(guards.straggler_factor, guards.straggler_patience, dist))
-        tokenizer = getattr(self.train_loader, "tokenizer", None)
-        samples = config.logging
-        if self.family.generates_text and tokenizer is not None and samples.sample_tokens > 0:
-            own.append(SamplesCallback(samples.sample_prompts, samples.sample_tokens,
-                                       config.train.seed))  # fmt: skip
+        # What the family's runs write beside the losses (GPT: samples; seq2seq: BLEU).
+        own += family_callbacks(self.family, config, getattr(self.train_loader, "tokenizer", None))
         profile = config.logging.profile
         if profile.enabled:
             out = self.run_dir / "profile"

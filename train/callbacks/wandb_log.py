@@ -94,8 +94,11 @@ class WandbCallback(Callback):
             return
         import wandb
 
-        rows = [[record["step"], s["prompt"], s["text"]] for s in record["samples"]]
-        table = wandb.Table(columns=["step", "prompt", "text"], data=rows)
+        columns = ["step", "prompt", "text"]
+        if any("reference" in s for s in record["samples"]):  # translations
+            columns.append("reference")
+        rows = [[record["step"], *(s.get(c, "") for c in columns[1:])] for s in record["samples"]]
+        table = wandb.Table(columns=columns, data=rows)
         self.run.log({"samples": table}, step=record["step"])
 
     def _anomaly(self, record: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """The experiment schema: one typed config that feeds every part of gobig.
 
 Sections map one-to-one onto concerns (model, data, optim, zero, train,
-cluster, run, checkpoint, logging). The DeepSpeed JSON, the Ray scaling
+cluster, run, checkpoint, logging, decode, guards). The DeepSpeed JSON, the Ray scaling
 config and the loaders' arguments are all derived from it, never written by
 hand a second time. Unknown keys are errors; cross-field checks raise
 ValueError naming the field.
@@ -43,6 +43,13 @@ class DataConfig(Section):
         0, ge=0, description="DataLoader worker processes per rank (0: load in the trainer)"
     )
     shuffle_buffer: int = Field(1024, ge=0, description="samples in the shuffle buffer")
+    max_tokens: int | None = Field(
+        None,
+        ge=2,
+        description="seq2seq: batches of sentence pairs of at most this many padded source "
+        "+ target tokens (at least 2 x model.max_seq_len; train.micro_batch_size is then "
+        "unused); default: train.micro_batch_size pairs a batch",
+    )
     on_error: Literal["raise", "skip"] = "raise"
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="BERT masking rate")
     augment: bool = Field(True, description="ViT random crop and flip at train time")
@@ -54,7 +61,12 @@ class OptimConfig(Section):
     lr: float = Field(6e-4, gt=0.0)
     min_lr: float = Field(6e-5, ge=0.0, description="lr at the end of the decay")
     warmup_steps: int = Field(100, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "inverse_sqrt"] = Field(
+        "cosine",
+        description="after the linear warmup: cosine or linear decay to min_lr, constant, or "
+        "inverse_sqrt (lr x sqrt(warmup_steps / step), the Transformer paper's; min_lr and "
+        "decay_steps unused)",
+    )
     decay_steps: int | None = Field(
         None, ge=1, description="steps from start to the end of the decay; default max_steps"
     )
@@ -93,6 +105,12 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(200, ge=1)
     eval_batches: int = Field(20, ge=1)
+    eval_bleu_sentences: int = Field(
+        200,
+        ge=0,
+        description="seq2seq: at each evaluation, corpus BLEU (sacreBLEU) of the translations "
+        "of the validation split's first this many pairs, decoded as `decode` says; 0: off",
+    )
     checkpoint_every: int = Field(500, ge=1)
     compile: bool = False
     peak_tflops: float | None = Field(
@@ -163,6 +181,27 @@ class LoggingConfig(Section):
         "prompts (metrics.jsonl and a W&B table)",
     )
     sample_tokens: int = Field(32, ge=0, description="tokens per evaluation sample; 0: off")
+    sample_translations: int = Field(
+        3,
+        ge=0,
+        description="seq2seq: translated validation sentences shown at each evaluation "
+        "(of the train.eval_bleu_sentences ones: console, metrics.jsonl, a W&B table)",
+    )
+
+
+class DecodeConfig(Section):
+    """How a seq2seq model translates for its BLEU: at evaluations and in `gobig eval`.
+    The defaults are the Transformer paper's (`gobig translate` has the same ones)."""
+
+    beam_size: int = Field(4, ge=1, description="hypotheses kept per sentence (1: greedy)")
+    length_penalty: float = Field(
+        0.6, ge=0.0, description="alpha of the GNMT length penalty ((5 + len) / 6) ** alpha"
+    )
+    max_len_a: float = Field(
+        1.0, ge=0.0, description="a translation has at most a x source tokens + max_len_b"
+    )
+    max_len_b: int = Field(50, ge=1, description="see max_len_a")
+    batch_size: int = Field(32, ge=1, description="sentences decoded together")
 
 
 class GuardsConfig(Section):
@@ -237,6 +276,7 @@ class ExperimentConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     faults: list[FaultConfig] = Field(
         default_factory=list, description="failures to inject (inert unless listed)"
