@@ -80,7 +80,7 @@ def evaluate_dataset(
     # DeepSpeed, imported by the checkpoint readers, logs to stdout: keep the result alone.
     with contextlib.redirect_stdout(sys.stderr):
         model, config, tokenizer_hash = load_for_eval(Path(path))
-    family = family_of(model.config.family)
+    family = family_of(model.config)
     options = {**family.loader_options(config), **family.val_loader_options()}
     loader = build_loader(
         family.name, source, split=split, batch_size=batch_size, seed=config.train.seed,
@@ -142,7 +142,7 @@ def evaluate_as_logged(
         val_sets = [run_val_batches(config, rank, world) for rank in range(world)]
     source = config.data.val_source or config.data.source
     _check_tokenizer(val_sets[0].loader, meta.get("tokenizer_hash"), source)
-    family, cfg, step = family_of(config.model.family), config.train, int(meta["step"])
+    family, cfg, step = family_of(config.model), config.train, int(meta["step"])
     if step % cfg.eval_every and step != cfg.max_steps:
         print(f"gobig: note: the run logged no evaluation at step {step} "
               f"(train.eval_every={cfg.eval_every}); these are the figures it would have",

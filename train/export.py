@@ -125,7 +125,7 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path, fmt: str = "gobig"
         "step": str(meta.get("step", "")),
         "tokenizer_hash": str(meta.get("tokenizer_hash") or ""),
         "checkpoint": str(ckpt),
-        "task": family_of(model_config.family).task,
+        "task": family_of(model_config).task,
     }
     try:
         tokenizer = run_tokenizer(meta, ckpt)

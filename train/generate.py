@@ -50,7 +50,7 @@ def load_trained(path: Path, device: torch.device) -> TrainedModel:
         device: where the model runs.
     """
     trained = load_model(path, device)
-    family = family_of(trained.model.config.family)
+    family = family_of(trained.model.config)
     if not family.generates_text:
         raise GenerateError(
             f"{trained.source}: a {family.name} model ({family.task}) does not generate text; "

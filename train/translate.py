@@ -163,7 +163,7 @@ def check_translates(model: nn.Module, source: Any) -> None:
     """TranslateError unless `model`'s family translates (an encoder-decoder)."""
     from train.families import family_of
 
-    family = family_of(model.config.family)
+    family = family_of(model.config)
     if not family.translates:
         raise TranslateError(
             f"{source}: a {family.name} model ({family.task}) does not translate; "
