@@ -7,12 +7,12 @@
     gobig submit --address http://HEAD:8265 [CONFIG] [key=value ...] [--no-wait]
     gobig jobs   list|status|logs|stop [JOB_ID] --address http://HEAD:8265
     gobig check-resume [CONFIG] [key=value ...] [--steps N] [--kills K]   exact resume, checked
-    gobig export RUN_OR_CHECKPOINT --out DIR                 safetensors + config
+    gobig export RUN_OR_CHECKPOINT --out DIR [--format hf]   safetensors + config
     gobig generate RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT  sample text from a GPT
     gobig translate RUN_OR_CHECKPOINT_OR_EXPORT [--input FILE]  translate (a seq2seq model)
     gobig eval RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE     metrics over a whole dataset
     gobig report RUN [RUN ...] --out DIR                     plots and an HTML page of runs
-    gobig data   tokenizer|text|images ...                   prepare data
+    gobig data   tokenizer|text|images|pairs ...             prepare data
     gobig config [CONFIG] [key=value ...]                    print the resolved config
 
 Every user error (a GobigError: data_pipeline/errors.py) ends as one line on
@@ -216,8 +216,8 @@ COMMANDS = {
                      "every loss", _cmd_check_resume,
                      "[CONFIG.yaml] [key=value ...] [--steps N] [--kills K] [--seed S] "
                      "[--keep DIR] [--address ADDR]"),
-    "export": ("write a checkpoint's weights as safetensors", _cmd_export,
-               "RUN_OR_CHECKPOINT --out DIR"),
+    "export": ("write a checkpoint's weights as safetensors (or a Hugging Face directory)",
+               _cmd_export, "RUN_OR_CHECKPOINT --out DIR [--format gobig|hf]"),
     "generate": ("sample text from a trained GPT, printed as it is made", _cmd_generate,
                  "RUN_OR_CHECKPOINT_OR_EXPORT --prompt TEXT | --prompt-file FILE "
                  "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] "
@@ -229,10 +229,15 @@ COMMANDS = {
                   "[--device DEV]"),
     "eval": ("a trained model's metrics over a whole dataset split", _cmd_eval,
              "RUN_OR_CHECKPOINT_OR_EXPORT --data SOURCE [--split val|train] [--batch-size N] "
-             "[--max-batches N] [--json FILE] [--device DEV]"),
+             "[--max-batches N] [--json FILE] [--device DEV] | RUN_OR_CHECKPOINT --as-logged "
+             "[--data SOURCE] [--json FILE] [--device DEV]"),
     "report": ("plots of runs' metrics.jsonl and one self-contained HTML page", _cmd_report,
                "RUN [RUN ...] --out DIR"),
-    "data": ("prepare data: tokenizer | text | images", _cmd_data, "tokenizer|text|images ..."),
+    "data": (
+        "prepare data: tokenizer | text | images | pairs",
+        _cmd_data,
+        "tokenizer|text|images|pairs ...",
+    ),
     "config": ("print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]"),
 }  # fmt: skip
 
