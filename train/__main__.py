@@ -17,6 +17,7 @@ from train.process_env import apply_training_env
 apply_training_env()  # before torch is imported (train.config imports it)
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -68,5 +69,17 @@ def _agreed_run_name(config) -> str:
     return name
 
 
+def _exit(code: int) -> None:
+    # Under torchrun, interpreter teardown can abort a finished rank ("terminate
+    # called without an active exception": a communication thread still joinable
+    # while its objects are destroyed), turning a completed run into a failure.
+    # Everything is written by now; flush and leave without the teardown.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
