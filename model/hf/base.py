@@ -50,6 +50,23 @@ def layer_pairs(n_layer: int, template: list[Pair]) -> list[Pair]:
     ]
 
 
+def weight_bias(gobig: str, hf: str) -> list[Pair]:
+    """The weight and bias of one module, copied."""
+    return [Pair(f"{gobig}.{p}", (f"{hf}.{p}",)) for p in ("weight", "bias")]
+
+
+def fused_qkv(hf_prefix: str) -> list[Pair]:
+    """A block's fused QKV projection (weight and bias) as query, key and value."""
+    return [
+        Pair(
+            f"transformer.blocks.{{i}}.attn.qkv.{p}",
+            tuple(f"{hf_prefix}{n}.{p}" for n in ("query", "key", "value")),
+            "split3",
+        )
+        for p in ("weight", "bias")
+    ]
+
+
 def _zeros_for_bias(name: str, state: dict[str, Tensor]) -> Tensor:
     # A model trained with model.bias=false has no bias tensors; the HF classes
     # always have them, and a zero bias is the same function.

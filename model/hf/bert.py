@@ -21,10 +21,12 @@ from model.hf.base import (
     HfConverter,
     Pair,
     activation_of,
+    fused_qkv,
     layer_pairs,
     mlp_ratio_of,
     pairs_from_hf,
     refuse_unless,
+    weight_bias,
     with_prefix,
 )
 
@@ -34,24 +36,13 @@ CLASSIFIER = "BertForSequenceClassification"
 ARCHITECTURES = (MASKED_LM, PRE_TRAINING, CLASSIFIER, "BertModel")
 
 
-def _wb(gobig: str, hf: str) -> list[Pair]:
-    return [Pair(f"{gobig}.{p}", (f"{hf}.{p}",)) for p in ("weight", "bias")]
-
-
 def _block(gobig: str, hf: str) -> list[Pair]:
-    return _wb(f"transformer.blocks.{{i}}.{gobig}", f"bert.encoder.layer.{{i}}.{hf}")
+    return weight_bias(f"transformer.blocks.{{i}}.{gobig}", f"bert.encoder.layer.{{i}}.{hf}")
 
 
 _QKV = "bert.encoder.layer.{i}.attention.self."
 _LAYER = [
-    *(
-        Pair(
-            f"transformer.blocks.{{i}}.attn.qkv.{p}",
-            tuple(f"{_QKV}{n}.{p}" for n in ("query", "key", "value")),
-            "split3",
-        )
-        for p in ("weight", "bias")
-    ),
+    *fused_qkv(_QKV),
     *_block("attn.proj", "attention.output.dense"),
     *_block("ln_1", "attention.output.LayerNorm"),
     *_block("mlp.fc", "intermediate.dense"),
@@ -111,21 +102,21 @@ class BertConverter(HfConverter):
             Pair("embeddings.word.weight", (emb + "word_embeddings.weight",)),
             Pair("embeddings.positions.embedding.weight", (emb + "position_embeddings.weight",)),
             Pair("embeddings.token_type.weight", (emb + "token_type_embeddings.weight",)),
-            *_wb("embeddings.ln", emb + "LayerNorm"),
+            *weight_bias("embeddings.ln", emb + "LayerNorm"),
             *layer_pairs(config.n_layer, _LAYER),
         ]
         if architecture in (MASKED_LM, PRE_TRAINING):
             pairs += [
-                *_wb("mlm_head.dense", "cls.predictions.transform.dense"),
-                *_wb("mlm_head.ln", "cls.predictions.transform.LayerNorm"),
+                *weight_bias("mlm_head.dense", "cls.predictions.transform.dense"),
+                *weight_bias("mlm_head.ln", "cls.predictions.transform.LayerNorm"),
                 Pair("mlm_head.decoder.bias", ("cls.predictions.bias",)),
             ]
         if architecture in (PRE_TRAINING, CLASSIFIER):
-            pairs += _wb("pooler.dense", "bert.pooler.dense")
+            pairs += weight_bias("pooler.dense", "bert.pooler.dense")
         if architecture == PRE_TRAINING:
-            pairs += _wb("pair_head", "cls.seq_relationship")
+            pairs += weight_bias("pair_head", "cls.seq_relationship")
         if architecture == CLASSIFIER:
-            pairs += _wb("classifier.1", "classifier")
+            pairs += weight_bias("classifier.1", "classifier")
         return pairs
 
     def model_config(self, hf: dict[str, Any]) -> ModelConfig:

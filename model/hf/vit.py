@@ -19,32 +19,23 @@ from model.hf.base import (
     HfConverter,
     Pair,
     activation_of,
+    fused_qkv,
     layer_pairs,
     mlp_ratio_of,
     refuse_unless,
+    weight_bias,
     with_prefix,
 )
 
 
-def _wb(gobig: str, hf: str) -> list[Pair]:
-    return [Pair(f"{gobig}.{p}", (f"{hf}.{p}",)) for p in ("weight", "bias")]
-
-
 def _block(gobig: str, hf: str) -> list[Pair]:
-    return _wb(f"transformer.blocks.{{i}}.{gobig}", f"vit.encoder.layer.{{i}}.{hf}")
+    return weight_bias(f"transformer.blocks.{{i}}.{gobig}", f"vit.encoder.layer.{{i}}.{hf}")
 
 
 _QKV = "vit.encoder.layer.{i}.attention.attention."
 _LAYER = [
     *_block("ln_1", "layernorm_before"),
-    *(
-        Pair(
-            f"transformer.blocks.{{i}}.attn.qkv.{p}",
-            tuple(f"{_QKV}{n}.{p}" for n in ("query", "key", "value")),
-            "split3",
-        )
-        for p in ("weight", "bias")
-    ),
+    *fused_qkv(_QKV),
     *_block("attn.proj", "attention.output.dense"),
     *_block("ln_2", "layernorm_after"),
     *_block("mlp.fc", "intermediate.dense"),
@@ -106,10 +97,10 @@ class VitConverter(HfConverter):
                 ("vit.embeddings.position_embeddings",),
                 "unsqueeze",
             ),
-            *_wb("embeddings.proj", "vit.embeddings.patch_embeddings.projection"),
+            *weight_bias("embeddings.proj", "vit.embeddings.patch_embeddings.projection"),
             *layer_pairs(config.n_layer, _LAYER),
-            *_wb("transformer.ln_f", "vit.layernorm"),
-            *_wb("head", "classifier"),
+            *weight_bias("transformer.ln_f", "vit.layernorm"),
+            *weight_bias("head", "classifier"),
         ]
 
     def model_config(self, hf: dict[str, Any]) -> ModelConfig:
