@@ -1,19 +1,26 @@
-"""Multi-head self- and cross-attention on torch's scaled_dot_product_attention.
+"""Multi-head self- and cross-attention.
 
-Masks, ALiBi biases and rotary angles do not depend on the layer, so a model
+Masks, score biases and rotary angles do not depend on the layer, so a model
 builds them once per forward into an `AttentionContext` and every layer reads
-it. SDPA picks flash / memory-efficient kernels on GPU; the plain causal case
-passes `is_causal=True` with no mask tensor, which keeps the flash path open.
+it. How queries meet keys is the layer's `kernel` (model/attention_kinds.py):
+exact softmax on torch's scaled_dot_product_attention, FAVOR+ (Performer) or
+block-sparse. SDPA picks flash / memory-efficient kernels on GPU; the plain
+causal case passes `is_causal=True` with no mask tensor, which keeps the flash
+path open. The other kernels never need the dense [Tq, Tk] masks, so a model
+using them builds its context with dense=False and none is made.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.attention_kinds import attention_kernel
 from model.config import ModelConfig
 from model.init import ResidualProjection
 from model.positions import PositionEncoding, apply_rotary
@@ -23,20 +30,23 @@ class KVCache:
     """Keys and values of already-processed tokens, per layer, for decoding.
 
     Keys are stored after rotary rotation, so a cached decode step only needs
-    the new token's own position.
+    the new token's own position. A Performer layer keeps its running sums
+    (a `PerformerState`, with `length` and `reorder`) in its slot instead.
 
     Args:
         n_layer: number of attention layers that will write to the cache.
     """
 
     def __init__(self, n_layer: int) -> None:
-        self.layers: list[tuple[Tensor, Tensor] | None] = [None] * n_layer
+        self.layers: list[Any] = [None] * n_layer
 
     @property
     def seq_len(self) -> int:
         """Number of cached positions (read before a forward starts writing)."""
         first = self.layers[0]
-        return 0 if first is None else first[0].shape[2]
+        if first is None:
+            return 0
+        return first[0].shape[2] if isinstance(first, tuple) else first.length
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append new k, v [B, H, T_new, Dh] for `layer`; return all k, v so far."""
@@ -51,9 +61,12 @@ class KVCache:
         """Keep batch rows `index` [B_new] of every layer (beam search: each
         surviving beam continues from its parent beam's keys and values)."""
         self.layers = [
-            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+            kv if kv is None
+            else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+            if isinstance(kv, tuple)
+            else kv.reorder(index)
             for kv in self.layers
-        ]
+        ]  # fmt: skip
 
 
 @dataclass
@@ -62,10 +75,16 @@ class AttentionContext:
 
     Args:
         is_causal: let SDPA apply the causal mask itself (no mask tensor).
-        keep: bool [B or 1, 1, Tq, Tk], True where a query may attend to a key.
-        bias: float32 additive score bias [1, H, Tq, Tk] (ALiBi).
+        keep: bool [B or 1, 1, Tq, Tk], True where a query may attend to a key
+            (dense contexts only).
+        bias: float32 additive score bias [1, H, Tq, Tk] (ALiBi, relative;
+            dense contexts only).
         rotary: float32 (cos, sin) [Tq, Dh] for the new queries and keys.
         kv_cache: cache to read past keys/values from and append to.
+        causal: the self-attention is causal (a decoder).
+        key_keep: bool [B, Tk], False for padding keys; None without padding.
+        q_positions: int64 [Tq] positions of the new queries.
+        positions: the position scheme (score biases of any distances).
     """
 
     is_causal: bool = False
@@ -73,6 +92,10 @@ class AttentionContext:
     bias: Tensor | None = None
     rotary: tuple[Tensor, Tensor] | None = None
     kv_cache: KVCache | None = None
+    causal: bool = False
+    key_keep: Tensor | None = None
+    q_positions: Tensor | None = None
+    positions: PositionEncoding | None = None
     _masks: dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False)
 
     def mask_for(self, dtype: torch.dtype) -> Tensor | None:
@@ -106,6 +129,7 @@ def build_attention_context(
     device: torch.device,
     attention_mask: Tensor | None = None,
     kv_cache: KVCache | None = None,
+    dense: bool = True,
 ) -> AttentionContext:
     """Masks, biases and rotary angles for one forward pass.
 
@@ -117,20 +141,33 @@ def build_attention_context(
         attention_mask: [B, past + q_len], 1 = real token, 0 = padding; padded
             keys are never attended to.
         kv_cache: decoding cache; its length offsets the new tokens' positions.
+        dense: build the [Tq, Tk] masks and biases exact softmax attention
+            needs; False for the Performer and block-sparse kernels, which
+            read key_keep and the positions instead (O(T) memory).
     """
     past = 0 if kv_cache is None else kv_cache.seq_len
     q_pos = torch.arange(past, past + q_len, device=device)
-    k_pos = torch.arange(past + q_len, device=device)
-    bias = positions.attention_bias(q_pos, k_pos)
-
-    keep = None
+    key_keep = None
     if attention_mask is not None:
         if attention_mask.ndim != 2 or attention_mask.shape[1] != past + q_len:
             raise ValueError(
                 f"attention_mask must be [batch, {past + q_len}] (cached + new tokens), "
                 f"got {list(attention_mask.shape)}"
             )
-        keep = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+        key_keep = attention_mask.to(device=device, dtype=torch.bool)
+    sparse = AttentionContext(
+        rotary=positions.rotary(q_pos),
+        kv_cache=kv_cache,
+        causal=causal,
+        key_keep=key_keep,
+        q_positions=q_pos,
+        positions=positions,
+    )
+    if not dense:
+        return sparse
+    k_pos = torch.arange(past + q_len, device=device)
+    bias = positions.attention_bias(q_pos, k_pos)
+    keep = None if key_keep is None else key_keep[:, None, None, :]
     # A single new query may see every key, so it needs no causal mask. SDPA's
     # is_causal aligns the mask top-left, which is only right without a cache.
     needs_causal_mask = causal and q_len > 1
@@ -143,13 +180,7 @@ def build_attention_context(
         # softmaxes to NaN (or garbage), and NaN leaks through later layers even
         # where attention weights are zero. Only padding queries are affected.
         keep = keep | (k_pos[None, :] == q_pos[:, None])[None, None]
-    return AttentionContext(
-        is_causal=is_causal,
-        keep=keep,
-        bias=bias,
-        rotary=positions.rotary(q_pos),
-        kv_cache=kv_cache,
-    )
+    return dataclasses.replace(sparse, is_causal=is_causal, keep=keep, bias=bias)
 
 
 _HALF = (torch.bfloat16, torch.float16)
@@ -159,18 +190,21 @@ class _MultiHeadAttention(nn.Module):
     """What self- and cross-attention share: head split, SDPA, output projection.
 
     Args:
-        config: model shape (d_model, n_head, bias, dropout).
+        config: model shape (d_model, n_head, bias, dropout, attention).
         layer: this layer's index, its slot in a KVCache.
+        cross: cross-attention (the kernel then never applies causality or
+            block sparsity: every query may read the whole memory).
     """
 
     proj: ResidualProjection
 
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+    def __init__(self, config: ModelConfig, layer: int, cross: bool = False) -> None:
         super().__init__()
         self.layer = layer
         self.n_head = config.n_head
         self.d_model = config.d_model
         self.dropout = config.dropout
+        self.kernel = attention_kernel(config, layer, cross=cross)
         # Subclasses create their input projections and then `self.proj`: the
         # registration order fixes parameter order, which ZeRO's flat
         # partitions and saved optimizer states depend on.
@@ -181,28 +215,29 @@ class _MultiHeadAttention(nn.Module):
         return x.view(b, t, self.n_head, -1).transpose(1, 2)
 
     def _attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        """SDPA over q [B, H, Tq, Dh] and k, v [B, H, Tk, Dh]; return proj(out) [B, Tq, d]."""
+        """The kernel over q [B, H, Tq, Dh] and the new k, v [B, H, Tk, Dh] (it
+        reads and extends ctx.kv_cache); return proj(out) [B, Tq, d]."""
         b, _, t, _ = q.shape
         dtype = q.dtype
+        dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and dtype in _HALF:
             # CPU attention kernels in bf16/fp16 are slower than in fp32 (the
             # backward most of all) and less exact; the projections around
             # them keep the half precision. Autocast would cast back down.
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(q.float(), k.float(), v.float(), ctx)
+                y = self.kernel(q.float(), k.float(), v.float(), ctx, dropout)
         else:
-            y = self._attend(q, k, v, ctx)
+            y = self.kernel(q, k, v, ctx, dropout)
         return self.proj(y.to(dtype).transpose(1, 2).reshape(b, t, self.d_model))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=ctx.mask_for(q.dtype),
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=ctx.is_causal,
-        )
+
+def softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, dropout: float
+) -> Tensor:
+    """Exact attention by SDPA under ctx's dense mask and bias: [B, H, Tq, Dh]."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=ctx.mask_for(q.dtype), dropout_p=dropout, is_causal=ctx.is_causal
+    )
 
 
 class SelfAttention(_MultiHeadAttention):
@@ -224,8 +259,6 @@ class SelfAttention(_MultiHeadAttention):
         if ctx.rotary is not None:
             cos, sin = ctx.rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if ctx.kv_cache is not None:
-            k, v = ctx.kv_cache.update(self.layer, k, v)
         return self._attend_and_project(q, k, v, ctx)
 
 
@@ -241,7 +274,7 @@ class CrossAttention(_MultiHeadAttention):
     """
 
     def __init__(self, config: ModelConfig, layer: int) -> None:
-        super().__init__(config, layer)
+        super().__init__(config, layer, cross=True)
         self.q = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.kv = nn.Linear(config.d_model, 2 * config.d_model, bias=config.bias)
         self.proj = ResidualProjection(config.d_model, config.d_model, bias=config.bias)
@@ -260,4 +293,6 @@ class CrossAttention(_MultiHeadAttention):
                 cache.layers[self.layer] = (k, v)
         else:
             k, v = cached
+        # The memory's keys are all there is: the kernel must not cache them again.
+        ctx = dataclasses.replace(ctx, kv_cache=None)
         return self._attend_and_project(self._heads(self.q(x)), k, v, ctx)

@@ -25,9 +25,7 @@ class BertEmbeddings(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.word = nn.Embedding(config.vocab_size, config.d_model)
-        self.positions = PositionEncoding(
-            config.position, config.max_seq_len, config.d_model, config.n_head
-        )
+        self.positions = PositionEncoding.for_model(config)
         self.token_type = nn.Embedding(config.type_vocab_size, config.d_model)
         self.ln = layer_norm(config)
         self.drop = nn.Dropout(config.dropout)
@@ -146,6 +144,7 @@ class BERT(TokenFlops, nn.Module):
             causal=False,
             device=input_ids.device,
             attention_mask=attention_mask,
+            dense=self.config.attention == "softmax",
         )
         return self.transformer(self.embeddings(input_ids, token_type_ids), ctx)
 

@@ -8,11 +8,14 @@ fields a family does not use are ignored by it. Validation raises ValueError nam
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 Family = Literal["gpt", "bert", "vit", "seq2seq"]
-Position = Literal["learned", "sinusoidal", "rotary", "alibi", "none"]
+Position = Literal["learned", "sinusoidal", "rotary", "alibi", "relative", "none"]
+Attention = Literal["softmax", "performer", "sparse"]
+SparseKind = Literal["local", "strided"]
 PairHead = Literal["none", "nsp", "sop"]
 Pooling = Literal["cls", "mean"]
 Norm = Literal["pre", "post"]
@@ -21,11 +24,54 @@ Activation = Literal["gelu", "gelu_tanh"]
 _CHOICES: dict[str, tuple[str, ...]] = {
     "family": get_args(Family),
     "position": get_args(Position),
+    "attention": get_args(Attention),
     "pair_head": get_args(PairHead),
     "pooling": get_args(Pooling),
     "norm": get_args(Norm),
     "activation": get_args(Activation),
 }
+
+
+@dataclass
+class PerformerOptions:
+    """FAVOR+ attention (model.attention=performer).
+
+    Args:
+        features: random features per head; 0 means the paper's d * ln(d) for
+            head size d.
+        redraw_every: draw new random features every this many training steps
+            (0 = never); the draw is a function of train.seed and the step.
+        chunk_size: causal attention runs its prefix sums over chunks of this
+            many tokens: memory O(T * features + chunk^2) instead of O(T^2).
+    """
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    features: int = 0
+    redraw_every: int = 1000
+    chunk_size: int = 128
+
+
+@dataclass
+class SparseOptions:
+    """Block-sparse attention (model.attention=sparse), the Sparse Transformer's
+    fixed patterns over blocks of tokens.
+
+    Args:
+        pattern: local (each block sees the `window` blocks up to itself; both
+            sides in an encoder) or strided (local plus the last block of every
+            group of `stride` blocks, which summarise the sequence so far).
+        block_size: tokens per block.
+        window: blocks in the local window, the own block included.
+        stride: strided: blocks per group.
+    """
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    pattern: SparseKind = "strided"
+    block_size: int = 64
+    window: int = 4
+    stride: int = 4
 
 
 @dataclass
@@ -43,7 +89,17 @@ class ModelConfig:
             derived from image and patch size; for seq2seq it bounds the source
             and the target each.
         vocab_size: token vocabulary size (GPT, BERT, seq2seq).
-        position: learned | sinusoidal | rotary | alibi | none.
+        position: learned | sinusoidal | rotary | alibi | relative | none.
+            relative: learned per-head score biases of bucketed query-key
+            distances (relative_buckets buckets, log-spaced up to
+            relative_max_distance; exact below half of it).
+        relative_buckets: relative: buckets (half for each direction).
+        relative_max_distance: relative: distances beyond this share a bucket.
+        attention: softmax (exact), performer (FAVOR+ random-feature
+            attention, linear in the length) or sparse (block-sparse local or
+            strided patterns). Cross-attention stays exact under sparse.
+        performer: options of model.attention=performer.
+        sparse: options of model.attention=sparse.
         dropout: dropout probability on embeddings, attention and MLP outputs.
         bias: whether linear layers and LayerNorms carry biases.
         mlp_ratio: hidden width of the MLP as a multiple of d_model.
@@ -89,6 +145,11 @@ class ModelConfig:
     max_seq_len: int = 128
     vocab_size: int = 4096
     position: Position = "learned"
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    attention: Attention = "softmax"
+    performer: PerformerOptions = dataclasses.field(default_factory=PerformerOptions)
+    sparse: SparseOptions = dataclasses.field(default_factory=SparseOptions)
     dropout: float = 0.0
     bias: bool = True
     mlp_ratio: int = 4
@@ -111,6 +172,12 @@ class ModelConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
+        # Built from a plain dict (a checkpoint's or an export's config.json),
+        # the option sections arrive as dicts.
+        if isinstance(self.performer, dict):
+            self.performer = PerformerOptions(**self.performer)
+        if isinstance(self.sparse, dict):
+            self.sparse = SparseOptions(**self.sparse)
         self.validate()
 
     def validate(self) -> None:
@@ -137,6 +204,7 @@ class ModelConfig:
         for field in ("type_vocab_size", "image_size", "patch_size", "in_channels"):
             if getattr(self, field) < 1:
                 raise ValueError(f"model.{field} must be >= 1, got {getattr(self, field)}")
+        self._validate_attention()
         if self.n_decoder_layer < 0:
             raise ValueError(f"model.n_decoder_layer must be >= 0, got {self.n_decoder_layer}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -151,6 +219,44 @@ class ModelConfig:
                 )
             if self.num_classes < 1:
                 raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
+
+    def _validate_attention(self) -> None:
+        for field in ("relative_buckets", "relative_max_distance"):
+            if getattr(self, field) < 2:
+                raise ValueError(f"model.{field} must be >= 2, got {getattr(self, field)}")
+        perf, sparse = self.performer, self.sparse
+        for name, value in (
+            ("performer.features", perf.features),
+            ("performer.redraw_every", perf.redraw_every),
+        ):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
+        for name, value in (
+            ("performer.chunk_size", perf.chunk_size),
+            ("sparse.block_size", sparse.block_size),
+            ("sparse.window", sparse.window),
+            ("sparse.stride", sparse.stride),
+        ):
+            if value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        if sparse.pattern not in get_args(SparseKind):
+            raise ValueError(
+                f"model.sparse.pattern must be one of {', '.join(get_args(SparseKind))}, "
+                f"got {sparse.pattern!r}"
+            )
+        if self.attention == "performer" and self.position in ("alibi", "relative"):
+            # FAVOR+ never forms the score matrix a score bias would be added to.
+            raise ValueError(
+                f"model.attention=performer cannot use model.position={self.position} (a bias "
+                "on attention scores, which the Performer never forms); use rotary, learned, "
+                "sinusoidal or none"
+            )
+
+    @property
+    def performer_features(self) -> int:
+        """Random features per head: performer.features, or d * ln(d) when it is 0."""
+        d = self.head_dim
+        return self.performer.features or max(1, round(d * math.log(d)))
 
     @property
     def head_dim(self) -> int:

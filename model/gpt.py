@@ -33,9 +33,7 @@ class GPT(TokenFlops, nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.positions = PositionEncoding(
-            config.position, config.max_seq_len, config.d_model, config.n_head
-        )
+        self.positions = PositionEncoding.for_model(config)
         self.drop = nn.Dropout(config.dropout)
         self.transformer = TransformerStack(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -73,6 +71,7 @@ class GPT(TokenFlops, nn.Module):
             device=input_ids.device,
             attention_mask=attention_mask,
             kv_cache=kv_cache,
+            dense=self.config.attention == "softmax",
         )
         positions = torch.arange(past, past + t, device=input_ids.device)
         x = self.drop(self.positions(self.wte(input_ids), positions))

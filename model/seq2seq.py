@@ -42,12 +42,8 @@ class Seq2Seq(nn.Module):
         d = config.d_model
         self.embed = nn.Embedding(config.vocab_size, d)  # target side (and source when shared)
         self.source_embed = None if config.share_embeddings else nn.Embedding(config.vocab_size, d)
-        self.encoder_positions = PositionEncoding(
-            config.position, config.max_seq_len, d, config.n_head
-        )
-        self.decoder_positions = PositionEncoding(
-            config.position, config.max_seq_len, d, config.n_head
-        )
+        self.encoder_positions = PositionEncoding.for_model(config)
+        self.decoder_positions = PositionEncoding.for_model(config)
         self.drop = nn.Dropout(config.dropout)
         self.encoder = TransformerStack(config)
         decoder_blocks = (DecoderBlock(config, i) for i in range(config.decoder_layers))
@@ -89,6 +85,7 @@ class Seq2Seq(nn.Module):
             causal=False,
             device=input_ids.device,
             attention_mask=attention_mask,
+            dense=self.config.attention == "softmax",
         )
         return self.encoder(x, ctx)
 
@@ -120,12 +117,15 @@ class Seq2Seq(nn.Module):
             device=decoder_input_ids.device,
             attention_mask=decoder_attention_mask,
             kv_cache=None if cache is None else cache.self_attn,
+            dense=self.config.attention == "softmax",
         )
-        keep = None
+        key_keep = None
         if attention_mask is not None:
-            keep = attention_mask.to(device=memory.device, dtype=torch.bool)[:, None, None, :]
+            key_keep = attention_mask.to(device=memory.device, dtype=torch.bool)
         memory_ctx = AttentionContext(
-            keep=keep, kv_cache=None if cache is None else cache.cross_attn
+            keep=None if key_keep is None else key_keep[:, None, None, :],
+            key_keep=key_keep,
+            kv_cache=None if cache is None else cache.cross_attn,
         )
         return self.lm_head(self.decoder(x, ctx, memory, memory_ctx))
 

@@ -39,9 +39,7 @@ class PatchEmbedding(nn.Module):
             nn.Parameter(torch.zeros(1, 1, config.d_model)) if config.pooling == "cls" else None
         )
         # The patch grid is treated as a 1-D sequence (row-major) for every scheme.
-        self.positions = PositionEncoding(
-            config.position, config.image_seq_len, config.d_model, config.n_head
-        )
+        self.positions = PositionEncoding.for_model(config, config.image_seq_len)
         self.drop = nn.Dropout(config.dropout)
 
     def reset_parameters(self, init_std: float) -> None:
@@ -97,7 +95,11 @@ class ViT(nn.Module):
         """
         x = self.embeddings(images)
         ctx = build_attention_context(
-            self.embeddings.positions, x.shape[1], causal=False, device=x.device
+            self.embeddings.positions,
+            x.shape[1],
+            causal=False,
+            device=x.device,
+            dense=self.config.attention == "softmax",
         )
         x = self.transformer(x, ctx)
         return x[:, 0] if self.config.pooling == "cls" else x.mean(dim=1)

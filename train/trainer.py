@@ -27,6 +27,7 @@ from train.callbacks import (
     WandbCallback,
     family_callbacks,
 )
+from train.callbacks.feature_redraw import FeatureRedraw
 from train.callbacks.wandb_log import start_wandb
 from train.checkpoint.checkpointer import Checkpointer, SavedCheckpoint
 from train.checkpoint.storage import RunStorage
@@ -188,6 +189,7 @@ class Trainer:
             own.append(StragglerCallback(guards.straggler_factor, guards.straggler_patience, dist))
         # What the family's runs write beside the losses (GPT: samples; seq2seq: BLEU).
         own += family_callbacks(self.family, config, getattr(self.train_loader, "tokenizer", None))
+        own += FeatureRedraw.for_model(model, config)  # a Performer's features, redrawn
         profile = config.logging.profile
         if profile.enabled:
             out = self.run_dir / "profile"
@@ -208,6 +210,7 @@ class Trainer:
             first_step, self.units_at_start = self.progress.step, self.progress.units
             self.started = time.perf_counter()
             while self.progress.step < self.config.train.max_steps:
+                self.callbacks.on_step_begin(self, self.progress.step + 1)
                 step = self.train_step()
                 if step.step == first_step + 1:
                     self.timeline.mark("first_step")

@@ -1,6 +1,7 @@
 """The Trainer's hooks: a small set every extension of the loop goes through.
 
     on_train_start(trainer)            engine built, checkpoint restored, before step 1
+    on_step_begin(trainer, step)       before each optimizer step (its number, from 1)
     on_step_end(trainer, step)         after every optimizer step (StepResult)
     on_log(trainer, record)            before a metrics record is written; may add keys
     on_checkpoint(trainer, saved)      after a checkpoint is committed (SavedCheckpoint)
@@ -37,6 +38,9 @@ class Callback:
     def on_train_start(self, trainer: Any) -> None:
         pass
 
+    def on_step_begin(self, trainer: Any, step: int) -> None:
+        pass
+
     def on_step_end(self, trainer: Any, step: StepResult) -> None:
         pass
 
@@ -59,6 +63,10 @@ class CallbackList(Callback):
     def on_train_start(self, trainer: Any) -> None:
         for cb in self.callbacks:
             cb.on_train_start(trainer)
+
+    def on_step_begin(self, trainer: Any, step: int) -> None:
+        for cb in self.callbacks:
+            cb.on_step_begin(trainer, step)
 
     def on_step_end(self, trainer: Any, step: StepResult) -> None:
         for cb in self.callbacks:
