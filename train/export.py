@@ -116,7 +116,7 @@ def export_checkpoint(run_or_checkpoint: Path, out_dir: Path, fmt: str = "gobig"
             converter = converter_for_family(model_config.family)
         except HfConversionError as exc:
             raise ExportError(f"{ckpt}: {exc}") from None
-        reason = converter.refusal(model_config)
+        reason = converter.why_not(model_config)
         if reason is not None:
             raise ExportError(
                 f"{ckpt}: cannot export as {converter.architecture(model_config)}: {reason}"

@@ -64,7 +64,7 @@ def write_hf(model: nn.Module, out_dir: Path, tokenizer: Path | None, info: dict
     config: ModelConfig = model.config
     converter = converter_for_family(config.family)
     architecture = converter.architecture(config)
-    reason = converter.refusal(config)
+    reason = converter.why_not(config)
     if reason is not None:
         raise HfConversionError(f"cannot export as {architecture}: {reason}")
     hf_config = {**converter.hf_config(config), "architectures": [architecture]}

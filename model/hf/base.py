@@ -160,8 +160,18 @@ class HfConverter:
     # The tokenizer adds [CLS] before and [SEP] after a text (BERT's inputs).
     cls_sep_inputs: bool = False
 
+    def why_not(self, config: ModelConfig) -> str | None:
+        """Why `config` cannot be exported faithfully, or None: what no transformers
+        class of these families has, then the family's own `refusal`."""
+        if config.attention != "softmax":
+            return (
+                f"transformers' {self.model_type} attends with exact softmax; this model has "
+                f"model.attention={config.attention}"
+            )
+        return self.refusal(config)
+
     def refusal(self, config: ModelConfig) -> str | None:
-        """Why `config` cannot be exported faithfully, or None."""
+        """Why `config` cannot be exported faithfully by this family, or None."""
         raise NotImplementedError
 
     def architecture(self, config: ModelConfig) -> str:

@@ -171,6 +171,8 @@ def test_what_has_no_faithful_equivalent_is_refused(tmp_path):
         ({"family": "bert"}, "post-LayerNorm; train with model.norm=post"),
         ({"family": "bert", "norm": "post", "num_labels": 2, "pooling": "mean"}, "pools the [CLS]"),
         ({"family": "vit", "pooling": "mean", "image_size": 16}, "classifies from the CLS token"),
+        ({"family": "gpt", "attention": "performer"}, "exact softmax; this model has model.att"),
+        ({"family": "bert", "norm": "post", "attention": "sparse"}, "model.attention=sparse"),
     ]  # fmt: skip
     for fields, reason in cases:
         with pytest.raises(HfConversionError, match=reason.replace("[", r"\[")):
