@@ -20,17 +20,14 @@ under performer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.attention_context import AttentionContext
 from model.config import ModelConfig
 from model.performer import favor_attention, favor_decode, orthogonal_projection
 from model.sparse_attention import SparsePattern, sparse_attention, sparse_decode
-
-if TYPE_CHECKING:
-    from model.attention import AttentionContext
 
 
 def _cache_keys(layer: int, k: Tensor, v: Tensor, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
@@ -50,10 +47,10 @@ class SoftmaxAttention(nn.Module):
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, dropout: float
     ) -> Tensor:
-        from model.attention import softmax_attention
-
         k, v = _cache_keys(self.layer, k, v, ctx)
-        return softmax_attention(q, k, v, ctx, dropout)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.mask_for(q.dtype), dropout_p=dropout, is_causal=ctx.is_causal
+        )
 
 
 class PerformerAttention(nn.Module):

@@ -193,7 +193,7 @@ def test_half_precision_weights_forward_and_cached_generation(small_config, dtyp
 def test_half_precision_attention_runs_in_fp32_on_cpu(small_config, monkeypatch, how):
     """CPU's bf16 attention kernels are slower and less exact than fp32: gobig attends
     in fp32 around bf16 projections, whether the weights or autocast make them bf16."""
-    import model.attention as attention
+    import model.attention_kinds as attention
 
     seen = []
     sdpa = attention.F.scaled_dot_product_attention
