@@ -8,6 +8,7 @@ head is a real matmul.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ def count_params(module: nn.Module, exclude: Iterable[Tensor] = ()) -> int:
 
 
 def training_flops_per_token(
-    non_embedding_params: int, n_layer: int, d_model: int, seq_len: int
+    non_embedding_params: int, n_layer: int, d_model: int, seq_len: float
 ) -> float:
     """Training FLOPs per token: 6 * N + 12 * L * H * Q * T (PaLM, appendix B).
 
@@ -48,6 +49,28 @@ def training_flops_per_token(
         seq_len: T, the context length.
     """
     return 6.0 * non_embedding_params + 12.0 * n_layer * d_model * seq_len
+
+
+def attended_keys(config: ModelConfig, seq_len: int, cross: bool = False) -> float:
+    """The T of the attention term 12 * L * d_model * T: keys each query is scored
+    against, by model.attention.
+
+    softmax: every key of the context (no discount for a causal mask). performer:
+    2 * features, since FAVOR+ does four matmuls of M * Dh per token and head where
+    softmax does two of T * Dh. sparse: the keys of the blocks a query block sees
+    (window, plus a summary block per stride group when strided); cross-attention
+    stays exact under sparse.
+    """
+    if config.attention == "performer":
+        return 2.0 * config.performer_features
+    if config.attention == "sparse" and not cross:
+        options = config.sparse
+        blocks = math.ceil(seq_len / options.block_size)
+        visible = options.window
+        if options.pattern == "strided":
+            visible += blocks // options.stride
+        return float(min(seq_len, min(blocks, visible) * options.block_size))
+    return float(seq_len)
 
 
 def analytic_param_count(config: ModelConfig, non_embedding: bool = False) -> int:
@@ -67,6 +90,8 @@ def analytic_param_count(config: ModelConfig, non_embedding: bool = False) -> in
 
     seq_len = config.image_seq_len if config.family == "vit" else config.max_seq_len
     lookup = seq_len * d if config.position == "learned" else 0
+    if config.position == "relative":
+        lookup = config.relative_buckets * config.n_head
     if config.family == "gpt":
         # The LM head is tied to the token embedding and has no bias.
         total = config.vocab_size * d + stack
@@ -104,13 +129,17 @@ class TokenFlops:
     flops_unit = "token"
 
     def training_flops_per_unit(self) -> float:
-        """Training FLOPs per token, 6 * N + 12 * L * d_model * max_seq_len.
+        """Training FLOPs per token, 6 * N + 12 * L * d_model * T.
 
-        N is `num_params(non_embedding=True)`; see `training_flops_per_token`.
+        N is `num_params(non_embedding=True)`, T the keys a query attends to
+        (max_seq_len for softmax; see `attended_keys`); see `training_flops_per_token`.
         """
         c = self.config
         return training_flops_per_token(
-            self.num_params(non_embedding=True), c.n_layer, c.d_model, c.max_seq_len
+            self.num_params(non_embedding=True),
+            c.n_layer,
+            c.d_model,
+            attended_keys(c, c.max_seq_len),
         )
 
     def training_flops_per_token(self) -> float:

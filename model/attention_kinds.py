@@ -76,7 +76,9 @@ class PerformerAttention(nn.Module):
         self.chunk_size = config.performer.chunk_size
         self.num_features = config.performer_features
         self.head_dim = config.head_dim
-        projection = orthogonal_projection(self.num_features, self.head_dim, seed=layer)
+        # Where the model is being built: the default device (meta when planning).
+        here = torch.empty(0).device
+        projection = orthogonal_projection(self.num_features, self.head_dim, layer, here)
         self.register_buffer("projection", projection, persistent=True)
 
     @torch.no_grad()

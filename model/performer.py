@@ -77,7 +77,9 @@ def orthogonal_projection(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     blocks = []
     for _ in range(math.ceil(num_features / head_dim)):
-        gaussian = torch.randn(head_dim, head_dim, generator=gen, dtype=torch.float32)
+        # device="cpu" even under a `with torch.device(...)` default (a model built on the
+        # meta device for planning): the generator lives on the CPU.
+        gaussian = torch.randn(head_dim, head_dim, generator=gen, dtype=torch.float32, device="cpu")
         q, r = torch.linalg.qr(gaussian)
         # QR's sign convention biases the directions; flipping each column by the sign of R's
         # diagonal makes q uniformly (Haar) distributed over orthogonal matrices.
@@ -85,7 +87,9 @@ def orthogonal_projection(
         blocks.append(q.T)
     directions = torch.cat(blocks, dim=0)[:num_features]
     # Norms of independent Gaussian vectors: chi-distributed with head_dim degrees of freedom.
-    lengths = torch.randn(num_features, head_dim, generator=gen, dtype=torch.float32).norm(dim=1)
+    lengths = torch.randn(
+        num_features, head_dim, generator=gen, dtype=torch.float32, device="cpu"
+    ).norm(dim=1)
     return (directions * lengths[:, None]).to(device)
 
 

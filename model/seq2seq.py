@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from model.accounting import count_params, training_flops_per_token
+from model.accounting import attended_keys, count_params, training_flops_per_token
 from model.attention import AttentionContext, build_attention_context
 from model.blocks import DecoderBlock, TransformerStack
 from model.config import ModelConfig
@@ -202,7 +202,7 @@ class Seq2Seq(nn.Module):
         cross-attention (see `training_flops_per_token`).
         """
         c = self.config
-        attention_layers = c.n_layer + 2 * c.decoder_layers
-        return training_flops_per_token(
-            self.num_params(non_embedding=True), attention_layers, c.d_model, c.max_seq_len
-        )
+        # Self-attention in both stacks, then cross-attention in the decoder.
+        keys = (c.n_layer + c.decoder_layers) * attended_keys(c, c.max_seq_len)
+        keys += c.decoder_layers * attended_keys(c, c.max_seq_len, cross=True)
+        return training_flops_per_token(self.num_params(non_embedding=True), 1, c.d_model, keys)

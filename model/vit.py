@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.accounting import count_params, training_flops_per_token
+from model.accounting import attended_keys, count_params, training_flops_per_token
 from model.attention import build_attention_context
 from model.blocks import TransformerStack
 from model.config import ModelConfig
@@ -148,7 +148,7 @@ class ViT(nn.Module):
         c = self.config
         seq = c.image_seq_len
         per_token = training_flops_per_token(
-            self.num_params(non_embedding=True), c.n_layer, c.d_model, seq
+            self.num_params(non_embedding=True), c.n_layer, c.d_model, attended_keys(c, seq)
         )
         return per_token * seq
 

@@ -174,3 +174,19 @@ def test_the_config_refuses_what_cannot_work(small_config):
     with pytest.raises(ValueError, match="model.attention must be one of"):
         small_config("gpt", attention="linear")
     assert small_config("gpt", attention="performer").performer_features == round(8 * 2.0794)
+
+
+def test_flops_count_the_keys_each_kind_attends(small_config):
+    """MFU's attention term follows the kind: 12 * L * d * (keys a query is scored against)."""
+    with torch.device("meta"):
+        models = {
+            kind: GPT(_config(small_config, "gpt", kind, max_seq_len=4096))
+            for kind in ("softmax-relative", "performer", "sparse", "sparse-local-relative")
+        }
+    flops = {kind: model.training_flops_per_unit() for kind, model in models.items()}
+    per_key = 12 * 2 * 32  # 12 * n_layer * d_model
+    # Performer: 2 * features (64); local: window 2 x block 4; strided adds 1024 / 2 summaries.
+    visible = {"softmax-relative": 4096, "performer": 128, "sparse-local-relative": 8,
+               "sparse": 4 * (2 + 512)}  # fmt: skip
+    weights = {kind: flops[kind] - per_key * visible[kind] for kind in flops}
+    assert len(set(weights.values())) == 1, weights  # the 6 * N term is the same for all

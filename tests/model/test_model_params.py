@@ -20,11 +20,12 @@ VARIANTS = [
 FAMILY_VARIANTS = {
     "bert": [{"pair_head": "nsp"}, {"pair_head": "sop", "bias": False}, {"num_labels": 3}],
     "vit": [{"pooling": "mean"}, {"pooling": "mean", "position": "none"}, {"in_channels": 1}],
-    "gpt": [{"max_seq_len": 256}],
+    "gpt": [{"max_seq_len": 256}, {"position": "relative", "relative_buckets": 16}],
     "seq2seq": [
         {"share_embeddings": False},
         {"share_embeddings": False, "position": "learned", "norm": "pre"},
         {"n_decoder_layer": 2},
+        {"position": "relative", "attention": "sparse"},
         {"n_decoder_layer": 1, "bias": False, "position": "learned"},
     ],
 }
