@@ -1,6 +1,7 @@
 """The `gobig` command: one entry point for data, training, runs and jobs.
 
     gobig train  [CONFIG] [key=value ...] [--address ADDR]   train on Ray (local by default)
+                 (--dry-run: print the plan and stop; exit 2 if it says the run will not fit)
     gobig resume RUN_DIR  [key=value ...] [--address ADDR]   continue a run
                  (both: --verbose shows Ray's own output too; it is always in RUN_DIR/ray.log)
     gobig verify RUN_DIR                                     check a run's checkpoints
@@ -14,6 +15,7 @@
     gobig report RUN [RUN ...] --out DIR                     plots and an HTML page of runs
     gobig data   tokenizer|text|images|pairs ...             prepare data
     gobig config [CONFIG] [key=value ...]                    print the resolved config
+    gobig plan   [CONFIG] [key=value ...] --devices N --device-memory 80GB   memory, fit, cost
 
 Every user error (a GobigError: data_pipeline/errors.py) ends as one line on
 stderr and exit code 2, never a traceback; heavy imports (torch, DeepSpeed,
@@ -77,7 +79,38 @@ def _cmd_config(ns: argparse.Namespace) -> int:
     return 0
 
 
+def pop_options(args: list[str], names: tuple[str, ...]) -> tuple[dict[str, str | None], list[str]]:
+    """Take each `--name VALUE` of `names` out of `args`: {name: value or None}, the rest."""
+    values = {}
+    for name in names:
+        values[name], args = pop_option(args, name)
+    return values, args
+
+
+def _cmd_plan(ns: argparse.Namespace) -> int:
+    from train.plan.command import PLAN_OPTIONS, plan_command
+
+    options, args = pop_options(ns.args, PLAN_OPTIONS)
+    path, overrides = split_config_and_overrides(args)
+    return plan_command(load_config(path, overrides, check_paths=False), options)
+
+
+def _dry_run(args: list[str]) -> int:
+    """`gobig train --dry-run ...`: the plan of the run as configured; nothing starts."""
+    from train.plan.command import DRY_RUN_OPTIONS, dry_run_command
+
+    force, args = pop_flag(args, "--force")
+    options, args = pop_options(args, DRY_RUN_OPTIONS)
+    _, args = pop_option(args, "--address")  # a dry run reaches no cluster
+    _, args = pop_flag(args, "--verbose")
+    path, overrides = split_config_and_overrides(args)
+    return dry_run_command(load_config(path, overrides), options, force=force)
+
+
 def _cmd_train(ns: argparse.Namespace) -> int:
+    dry_run, args = pop_flag(ns.args, "--dry-run")
+    if dry_run:
+        return _dry_run(args)
     from cluster.ray_session import cluster_address
     from train.run_dir import default_run_name, new_run_dir
 
@@ -201,8 +234,14 @@ def _cmd_data(ns: argparse.Namespace) -> int:
 CONFIG_ARGS = "[CONFIG.yaml] [dotted.key=value ...] [--address ADDR]"
 # --verbose: Ray's own output on the console too (it always goes to RUN_DIR/ray.log).
 RUN_ARGS = CONFIG_ARGS + " [--verbose]"
+# --dry-run: print the plan (gobig plan) for cluster.num_workers devices and start nothing;
+# exit 2 if it says the run will not fit, unless --force.
+TRAIN_ARGS = RUN_ARGS + (
+    " [--dry-run [--device-memory 80GB] [--tokens 300B] [--mfu 0.4] [--peak-tflops 989] "
+    "[--json FILE|-] [--force]]"
+)
 COMMANDS = {
-    "train": ("train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, RUN_ARGS),
+    "train": ("train a model (default config: configs/gpt-tiny.yaml)", _cmd_train, TRAIN_ARGS),
     "resume": ("continue a run from its newest complete checkpoint", _cmd_resume,
                "RUN_DIR [dotted.key=value ...] [--address ADDR] [--verbose]"),
     "verify": ("check every checkpoint of a run: intact, incomplete or corrupt (exit 1 "
@@ -239,6 +278,11 @@ COMMANDS = {
         "tokenizer|text|images|pairs ...",
     ),
     "config": ("print the resolved config as YAML", _cmd_config, "[CONFIG.yaml] [key=value ...]"),
+    "plan": ("memory per device for each ZeRO stage, the largest micro-batch that fits, a "
+             "recommended setting, and FLOPs and time", _cmd_plan,
+             "[CONFIG.yaml] [key=value ...] [--devices N] [--device-memory 80GB] "
+             "[--devices-per-node K] [--tokens 300B] [--mfu 0.4] [--peak-tflops 989] "
+             "[--json FILE|-]"),
 }  # fmt: skip
 
 
