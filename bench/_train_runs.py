@@ -112,6 +112,42 @@ def steady_rate(train: list[dict]) -> tuple[float, float]:
     return tokens / seconds, data / seconds
 
 
+def read_records(path: Path | None) -> list[dict]:
+    """A metrics.jsonl's records ([] while it does not exist yet)."""
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_stamping_evals(cmd: list[str], run_root: Path) -> tuple[Path, list[dict], float]:
+    """Run a `gobig train` command whose runs go under `run_root`, watching its
+    metrics.jsonl: each evaluation record gets "minutes", the minutes of training
+    from the first step to when the record appeared. Returns (metrics.jsonl, its
+    records, wall seconds)."""
+    start = time.time()
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    stamped: dict[int, float] = {}  # eval step -> wall time it was first seen
+    metrics: Path | None = None
+    while proc.poll() is None:
+        time.sleep(2.0)
+        metrics = metrics or next(run_root.rglob("metrics.jsonl"), None)
+        for r in read_records(metrics):
+            if r.get("kind") == "eval":
+                stamped.setdefault(r["step"], time.time())
+    wall = time.time() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
+    metrics = metrics or next(run_root.rglob("metrics.jsonl"))
+    records = read_records(metrics)
+    first_step_at = next(r["first_step_at"] for r in records if r.get("kind") == "startup")
+    for r in records:
+        if r.get("kind") == "eval":
+            r["minutes"] = (stamped.get(r["step"], time.time()) - first_step_at) / 60
+    return metrics, records, wall
+
+
 def shell(cmd: list[str], threads: int | None = None) -> str:
     short = [c.replace(str(Path(PYTHON).parent) + "/", ".venv/bin/") for c in cmd]
     short = [c if not c.startswith("run.dir=") else "run.dir=$TMP" for c in short]

@@ -15,18 +15,16 @@ after the first (warm-up).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _report import write_report  # noqa: E402  (bench/ is the script's folder)
-from _train_runs import PYTHON, load_line, machine_line  # noqa: E402
+from _train_runs import PYTHON, load_line, machine_line, train_stamping_evals  # noqa: E402
 
 CONFIG = "configs/cifar10-vit.yaml"
 DATASET = ROOT / "data" / "cifar10"
@@ -44,37 +42,13 @@ def prepare(tar: Path) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def _records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run(overrides: list[str]) -> tuple[list[dict], list[dict], float, list[str]]:
     """(eval records stamped with "minutes", train records, wall seconds, command)."""
     with tempfile.TemporaryDirectory(prefix="gobig-bench-") as tmp:
         cmd = [GOBIG, "train", CONFIG, "logging.wandb.mode=disabled", f"run.dir={tmp}",
                *overrides]  # fmt: skip
-        start = time.time()
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        stamped: dict[int, float] = {}  # eval step -> wall time it was first seen
-        metrics: Path | None = None
-        while proc.poll() is None:
-            time.sleep(2.0)
-            metrics = metrics or next(Path(tmp).rglob("metrics.jsonl"), None)
-            for r in _records(metrics) if metrics else []:
-                if r.get("kind") == "eval":
-                    stamped.setdefault(r["step"], time.time())
-        wall = time.time() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
-        records = _records(metrics or next(Path(tmp).rglob("metrics.jsonl")))
-    first_step_at = next(r["first_step_at"] for r in records if r.get("kind") == "startup")
+        _, records, wall = train_stamping_evals(cmd, Path(tmp))
     evals = [r for r in records if r.get("kind") == "eval"]
-    for r in evals:
-        r["minutes"] = (stamped.get(r["step"], time.time()) - first_step_at) / 60
     return evals, [r for r in records if r.get("kind") == "train"], wall, cmd
 
 

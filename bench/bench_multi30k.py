@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _report import write_report  # noqa: E402  (bench/ is the script's folder)
-from _train_runs import PYTHON, load_line, machine_line  # noqa: E402
+from _train_runs import PYTHON, load_line, machine_line, train_stamping_evals  # noqa: E402
 
 CONFIG = "configs/multi30k-en-de.yaml"
 DATA = "builtin:multi30k-en-de"
@@ -37,37 +37,11 @@ VAL = ROOT.parent / "shared" / "data" / "multi30k" / "val"
 SHOWN = 3  # validation sentences translated at the end, shown with their references
 
 
-def _records(path: Path | None) -> list[dict]:
-    if path is None or not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def train(work: Path, overrides: list[str]) -> tuple[Path, list[dict], float, list[str]]:
     """(run directory, its metrics records with evals stamped in "minutes", wall, command)."""
     cmd = [GOBIG, "train", CONFIG, "logging.wandb.mode=disabled", f"run.dir={work}",
            *overrides]  # fmt: skip
-    start = time.time()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    stamped: dict[int, float] = {}  # eval step -> wall time it was first seen
-    metrics: Path | None = None
-    while proc.poll() is None:
-        time.sleep(2.0)
-        metrics = metrics or next(work.rglob("metrics.jsonl"), None)
-        for r in _records(metrics):
-            if r.get("kind") == "eval":
-                stamped.setdefault(r["step"], time.time())
-    wall = time.time() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
-    metrics = metrics or next(work.rglob("metrics.jsonl"))
-    records = _records(metrics)
-    first_step_at = next(r["first_step_at"] for r in records if r.get("kind") == "startup")
-    for r in records:
-        if r.get("kind") == "eval":
-            r["minutes"] = (stamped.get(r["step"], time.time()) - first_step_at) / 60
+    metrics, records, wall = train_stamping_evals(cmd, work)
     return metrics.parent, records, wall, cmd
 
 
