@@ -51,22 +51,22 @@ def training_flops_per_token(
     return 6.0 * non_embedding_params + 12.0 * n_layer * d_model * seq_len
 
 
-def attended_keys(config: ModelConfig, seq_len: int, cross: bool = False) -> float:
+def attended_keys(config: ModelConfig, seq_len: int, causal: bool, cross: bool = False) -> float:
     """The T of the attention term 12 * L * d_model * T: keys each query is scored
     against, by model.attention.
 
     softmax: every key of the context (no discount for a causal mask). performer:
     2 * features, since FAVOR+ does four matmuls of M * Dh per token and head where
-    softmax does two of T * Dh. sparse: the keys of the blocks a query block sees
-    (window, plus a summary block per stride group when strided); cross-attention
-    stays exact under sparse.
+    softmax does two of T * Dh. sparse: the keys of the blocks a query block is
+    scored against (window, or 2 * window - 1 without a causal mask, plus a
+    summary block per stride group when strided); cross-attention stays exact.
     """
     if config.attention == "performer":
         return 2.0 * config.performer_features
     if config.attention == "sparse" and not cross:
         options = config.sparse
         blocks = math.ceil(seq_len / options.block_size)
-        visible = options.window
+        visible = options.window if causal else 2 * options.window - 1
         if options.pattern == "strided":
             visible += blocks // options.stride
         return float(min(seq_len, min(blocks, visible) * options.block_size))
@@ -139,7 +139,7 @@ class TokenFlops:
             self.num_params(non_embedding=True),
             c.n_layer,
             c.d_model,
-            attended_keys(c, c.max_seq_len),
+            attended_keys(c, c.max_seq_len, causal=c.family == "gpt"),
         )
 
     def training_flops_per_token(self) -> float:

@@ -146,7 +146,10 @@ def relative_bucket(relative: Tensor, num_buckets: int, max_distance: int) -> Te
     far = distance.clamp(min=exact).float()
     scaled = torch.log(far / exact) / math.log(max(max_distance / exact, 1.0 + 1e-6))
     log_bucket = (exact + (scaled * (half - exact)).long()).clamp(max=half - 1)
-    return bucket + torch.where(distance < exact, distance, log_bucket)
+    within = torch.where(distance < exact, distance, log_bucket)
+    # Every distance at or beyond max_distance shares the last bucket, even when
+    # max_distance is below the exactly-told-apart range.
+    return bucket + torch.where(distance >= max_distance, half - 1, within)
 
 
 class PositionEncoding(nn.Module):

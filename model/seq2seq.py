@@ -203,6 +203,7 @@ class Seq2Seq(nn.Module):
         """
         c = self.config
         # Self-attention in both stacks, then cross-attention in the decoder.
-        keys = (c.n_layer + c.decoder_layers) * attended_keys(c, c.max_seq_len)
-        keys += c.decoder_layers * attended_keys(c, c.max_seq_len, cross=True)
+        keys = c.n_layer * attended_keys(c, c.max_seq_len, causal=False)
+        keys += c.decoder_layers * attended_keys(c, c.max_seq_len, causal=True)
+        keys += c.decoder_layers * attended_keys(c, c.max_seq_len, causal=False, cross=True)
         return training_flops_per_token(self.num_params(non_embedding=True), 1, c.d_model, keys)

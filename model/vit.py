@@ -147,8 +147,9 @@ class ViT(nn.Module):
         """
         c = self.config
         seq = c.image_seq_len
+        keys = attended_keys(c, seq, causal=False)
         per_token = training_flops_per_token(
-            self.num_params(non_embedding=True), c.n_layer, c.d_model, attended_keys(c, seq)
+            self.num_params(non_embedding=True), c.n_layer, c.d_model, keys
         )
         return per_token * seq
 

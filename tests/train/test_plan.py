@@ -309,6 +309,18 @@ def test_a_model_too_large_for_its_devices_is_told_to_offload_or_add_devices():
     assert "offload optimizer+params to cpu" in render_plan(plan)
 
 
+def test_cpu_workers_are_never_told_to_offload():
+    # On CPU workers "device" memory and host memory are the same RAM.
+    overrides = ["model.name=gpt2-small", "cluster.use_gpu=false", "train.precision=fp32"]
+    config = load_config(TINY, overrides, check_paths=False)
+    plan = make_plan(config, PlanRequest(devices=2, device_memory=3 * 10**9))
+    choice = plan.recommendation.choice
+    assert choice is None or choice.setting.offload_device == "none"
+    gpu = load_config(TINY, [*overrides, "cluster.use_gpu=true"], check_paths=False)
+    offloaded = make_plan(gpu, PlanRequest(devices=2, device_memory=3 * 10**9))
+    assert offloaded.recommendation.choice.setting.offload_device == "cpu"
+
+
 def test_a_plan_where_nothing_fits_says_so():
     overrides = [*GPT_70B, "model.max_seq_len=262144"]  # one sample's activations alone
     plan = make_plan(load_config(TINY, overrides, check_paths=False),
@@ -326,11 +338,12 @@ def test_a_plan_where_nothing_fits_says_so():
         (["--devices", "0"], ["--devices"]),
         (["--mfu", "2"], ["--mfu"]),
         (["--tokens", "lots"], ["--tokens"]),
+        (["--tokens", "1e400"], ["--tokens", "too large"]),
         (["--peak-tflops", "-5"], ["--peak-tflops"]),
         (["--devices", "8", "--devices-per-node", "3"], ["--devices-per-node"]),
         (["model.n_layers=2"], ["model.n_layers"]),
     ],
-    ids=["memory", "devices", "mfu", "tokens", "peak", "per-node", "config"],
+    ids=["memory", "devices", "mfu", "tokens", "huge", "peak", "per-node", "config"],
 )
 def test_bad_plan_input_is_one_line(args, words):
     assert_one_line_error(gobig("plan", str(TINY), *args), *words)

@@ -99,6 +99,14 @@ def configured_setting(config: ExperimentConfig) -> Setting:
     )
 
 
+def recommendable(rows: list[SettingRow], device_type: str) -> list[SettingRow]:
+    """The settings worth recommending: on CPU workers offloading moves states from
+    the workers' memory into the same machine's memory, freeing nothing."""
+    if device_type == "cuda":
+        return rows
+    return [r for r in rows if r.setting.offload_device == "none"]
+
+
 def make_plan(config: ExperimentConfig, request: PlanRequest) -> Plan:
     """Memory, fit, recommendation and compute of `config` on the cluster `request` describes.
 
@@ -167,6 +175,6 @@ def make_plan(config: ExperimentConfig, request: PlanRequest) -> Plan:
         rows=rows,
         activations=[budget.activations(1, False), budget.activations(1, True)],
         as_configured=as_configured,
-        recommendation=recommend(rows, budget, target, params),
+        recommendation=recommend(recommendable(rows, hardware.device_type), budget, target, params),
         compute=compute_estimate(shape, hardware, batch, total),
     )

@@ -132,16 +132,13 @@ def dry_run_command(
         return 0
     rec = plan.recommendation.choice
     advice = (
-        f"recommended: {rec.setting.label}, micro-batch {rec.micro_batch}, checkpointing "
-        f"{'on' if rec.checkpointing else 'off'}"
+        f"recommended: {rec.setting.label}, micro-batch {rec.micro_batch} x "
+        f"{rec.grad_accum} accumulation steps, checkpointing {'on' if rec.checkpointing else 'off'}"
         if rec is not None
         else "nothing fits on this hardware"
     )
-    message = (
-        f"the plan says this run will not fit: {describe_choice(configured)}; {advice}; "
-        "--force to ignore"
-    )
+    message = f"the plan says this run will not fit: {describe_choice(configured)}; {advice}; "
     if not force:
-        raise PlanError(message)
-    print(f"gobig: warning: {message} (--force given)", file=sys.stderr)
+        raise PlanError(f"{message}; --force to ignore")
+    print(f"gobig: warning: {message}", file=sys.stderr)
     return 0

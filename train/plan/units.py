@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from train.plan.errors import PlanError
@@ -20,7 +21,10 @@ def parse_count(text: str, option: str) -> int:
     m = _COUNT.match(text)
     if not m:
         raise PlanError(f"{option}: expected a count such as 300B, 1.5T or 40M, got {text!r}")
-    value = round(float(m.group(1)) * COUNT_SUFFIXES[m.group(2).lower()])
+    number = float(m.group(1)) * COUNT_SUFFIXES[m.group(2).lower()]
+    if not math.isfinite(number) or number > 1e30:
+        raise PlanError(f"{option}: {text!r} is too large")
+    value = round(number)
     if value < 1:
         raise PlanError(f"{option} must be at least 1, got {text!r}")
     return value
