@@ -124,9 +124,8 @@ def main() -> None:
     last = evals[-1]
     lines += [
         f"**Final checkpoint (step {last['step']}, {last['minutes']:.1f} min of training), all "
-        f"1,014 validation pairs (`gobig eval`, {eval_s:.0f} s): BLEU "
-        f"{full.get('val_bleu', float('nan')):.2f}**, val loss {full.get('val_loss', 0):.4f}, "
-        f"token accuracy {full.get('val_token_accuracy', 0):.4f}.",
+        f"1,014 validation pairs (`gobig eval`, {eval_s:.0f} s): BLEU {full['bleu']:.2f}**, "
+        f"val loss {full['loss']:.4f}, token accuracy {full['token_accuracy']:.4f}.",
         f"Training throughput: {tok_s:,.0f} tokens/s (logging windows after the first).",
         "",
         f"`gobig translate` of the first {SHOWN} validation sentences (source / output / "
