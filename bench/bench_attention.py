@@ -190,14 +190,32 @@ def slope(points: list[tuple[int, float]]) -> float:
     )
 
 
-def scaling(max_len: int, out_dir: Path, timeout: float) -> list[str]:
+def logged_measurements(log: Path) -> dict[tuple[str, str, int], dict]:
+    """Measurements an earlier run printed ("layer softmax 256: {...}" lines)."""
+    found = {}
+    for line in log.read_text().splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) == 4 and parts[0] in ("layer", "model") and parts[1] in KINDS:
+            got = parts[3].strip()
+            if got != "None":
+                found[(parts[0], parts[1], int(parts[2].rstrip(":")))] = json.loads(
+                    got.replace("'", '"')
+                )
+    return found
+
+
+def scaling(max_len: int, out_dir: Path, timeout: float, log: Path | None) -> list[str]:
     lengths = [256 * 2**i for i in range(20) if 256 * 2**i <= max_len]
+    logged = logged_measurements(log) if log else None
     results: dict[tuple[str, str], dict[int, dict]] = {}
     for what in ("layer", "model"):
         for kind in KINDS:
             series = results.setdefault((what, kind), {})
             for length in lengths:
-                got = measure(kind, what, length, timeout)
+                if logged is not None:
+                    got = logged.get((what, kind, length))
+                else:
+                    got = measure(kind, what, length, timeout)
                 print(f"{what} {kind} {length}: {got}", file=sys.stderr)
                 if got is None:
                     break  # longer ones would not finish either
@@ -226,11 +244,15 @@ def scaling(max_len: int, out_dir: Path, timeout: float) -> list[str]:
             mem = [(n, max(r["peak_mib"], 1e-3)) for n, r in series.items() if n >= 2048]
             s = f"{slope(tail):.2f}" if len(tail) >= 2 else "n/a"
             sm = f"{slope(mem):.2f}" if len(mem) >= 2 else "n/a"
-            faster = [n for n in lengths if n in series and n in soft
-                      and series[n]["seconds"] < soft[n]["seconds"]]  # fmt: skip
+            # The crossover: the shortest length from which it stays faster to the end.
+            faster = None
+            for n in reversed([n for n in lengths if n in series and n in soft]):
+                if series[n]["seconds"] >= soft[n]["seconds"]:
+                    break
+                faster = n
             cross = "" if kind == "softmax" else (
-                f"; faster than softmax from {faster[0]:,} tokens" if faster
-                else "; never faster than softmax in this range")  # fmt: skip
+                f"; faster than softmax from {faster:,} tokens on" if faster
+                else "; not faster than softmax at the longest length")  # fmt: skip
             lines.append(f"- {kind}: time slope {s}, memory slope {sm} (log-log, >= 2,048){cross}.")
         lines.append("")
     plot(results, lengths, out_dir / "attention_scaling.png")
@@ -283,6 +305,13 @@ def train(overrides: list[str], timeout: float = 3600) -> dict:
             "wall_s": wall}  # fmt: skip
 
 
+def prepare_text() -> None:
+    """The char config's dataset, as bench_shakespeare.py prepares it (skipped if present)."""
+    from bench_shakespeare import prepare
+
+    prepare(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
+
+
 def quality() -> list[str]:
     lines = ["## Shakespeare (characters, context 64) to 2,000 iterations", "",
              f"`python -m train {CHAR_CONFIG} train.precision=fp32` plus each kind's options; "
@@ -324,21 +353,26 @@ def main() -> None:
     parser.add_argument("--long-len", type=int, default=8192)
     parser.add_argument("--long-steps", type=int, default=100)
     parser.add_argument("--out", default="bench/results/attention.md")
+    parser.add_argument(
+        "--scaling-log",
+        type=Path,
+        help="render the scaling part from the measurements an earlier run printed to stderr",
+    )
     args = parser.parse_args()
     out = ROOT / args.out
     lines = ["# Attention kinds", "", f"Machine: {machine_line()}."]
     lines += [f"Command: `.venv/bin/python bench/bench_attention.py {' '.join(sys.argv[1:])}`", ""]
-    if "approx" in args.parts:
-        lines += approx()
-    if "scaling" in args.parts:
-        lines += scaling(args.max_len, out.parent, args.timeout)
-    if "quality" in args.parts:
-        lines += quality()
-    if "long" in args.parts:
-        lines += long_context(args.long_len, args.long_steps)
-    lines.append(f"Load at the end: {load_line()}.")
+    parts = {
+        "approx": approx,
+        "scaling": lambda: scaling(args.max_len, out.parent, args.timeout, args.scaling_log),
+        "quality": lambda: (prepare_text(), quality())[1],
+        "long": lambda: (prepare_text(), long_context(args.long_len, args.long_steps))[1],
+    }
     os.makedirs(out.parent, exist_ok=True)
-    write_report(lines, out)
+    for name in args.parts:
+        lines += parts[name]()
+        # Written after every part: a later part that fails loses nothing measured.
+        write_report([*lines, f"Load after {name}: {load_line()}."], out)
 
 
 if __name__ == "__main__":

@@ -165,8 +165,10 @@ def _causal_scan(
     lower = torch.ones(size, size, dtype=torch.bool, device=qf.device).tril()
     sums, normalizer = state.sums, state.normalizer
     outs = []
-    for start in range(0, length, size):
-        qc, kc, vc = (t[:, :, start : start + size] for t in (qf, kf, v))
+    # split, not slicing in a loop: the backward of each slice would write its gradient
+    # into a zero tensor as long as the whole sequence, T / chunk times over (quadratic);
+    # split's backward joins the chunks' gradients once.
+    for qc, kc, vc in zip(qf.split(size, 2), kf.split(size, 2), v.split(size, 2), strict=True):
         n = qc.shape[2]
         # masked_fill, not a multiply: the weights of later keys are exact zeros, so later
         # tokens cannot change an earlier output by even one rounding.
