@@ -57,6 +57,10 @@ _SNIPPET = re.compile(r"^\[Rank (\d+) Error Snippet\]:")
 _EXCEPTION = re.compile(
     r"^(?:[A-Za-z_]\w*\.)*(?P<name>[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (?P<text>.*)$"
 )
+# The last line of a traceback raised in gobig's own code: "train.guards.hang.HangError: ...".
+_OUR_EXCEPTION = re.compile(
+    r"^(?:" + "|".join(sorted(GOBIG_PACKAGES)) + r")\.(?:\w+\.)*\w*(?:Error|Exception): "
+)
 _WRAPPERS = {"WorkerGroupError", "TrainingFailedError", "ControllerError"}  # Ray Train's own
 
 
@@ -81,6 +85,11 @@ def person_lines(data: dict[str, Any]) -> list[str]:
             shown.append(line)
         elif (warning := _WARNING.match(line)) and _is_ours(warning["file"]):
             shown.append(f"gobig: warning: {warning['message']}")
+        elif _OUR_EXCEPTION.match(line):
+            # What a rank ended on (a hung peer named, ...): Ray Train's own account
+            # of the failure may name only the rank that was killed.
+            exc = _EXCEPTION.match(line)
+            shown.append(f"gobig: a worker failed: {exc['name']}: {exc['text']}" if exc else line)
     return shown
 
 

@@ -124,6 +124,23 @@ def test_a_workers_stderr_only_gobig_lines_and_gobig_warnings():
     ]
 
 
+def test_the_error_a_worker_ended_on_is_shown_when_it_is_gobigs():
+    # Ray Train's own account of a failure may name only the rank it killed (a stopped
+    # one); the waiting rank's error, which names the silent peer, must reach the person.
+    batch = _batch(
+        "RayTrainWorker", True,
+        "Traceback (most recent call last):",
+        '  File "/work/main/train/trainer.py", line 226, in train',
+        "train.guards.hang.HangError: step 4: rank 0 (host vm, pid 7) gave up waiting after "
+        "15 s for rank 1 (host vm, pid 9): silent for 16 s (stopped or frozen)",
+        "ValueError: a library's own error",
+    )  # fmt: skip
+    assert person_lines(batch) == [
+        "gobig: a worker failed: HangError: step 4: rank 0 (host vm, pid 7) gave up waiting "
+        "after 15 s for rank 1 (host vm, pid 9): silent for 16 s (stopped or frozen)"
+    ]
+
+
 def test_ray_processes_other_than_the_workers_are_not_shown():
     assert person_lines(_batch("", True, "A worker died or was killed")) == []
     assert person_lines(_batch("TrainController", True, "Requesting resources: {}")) == []
